@@ -1,0 +1,97 @@
+//! Sender allow-list and phone-number masking.
+//!
+//! Numbers are compared by their digits only, so `+1 650-555-1234`, `+16505551234`
+//! and the webhook's `16505551234` are the same number.
+
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    numbers: HashSet<String>,
+}
+
+impl AllowList {
+    /// Parse configured entries; `Err(entry)` for an entry without any digit.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut numbers = HashSet::with_capacity(entries.len());
+        for entry in entries {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            let d = digits(entry);
+            if d.is_empty() {
+                return Err(entry.clone());
+            }
+            numbers.insert(d);
+        }
+        Ok(AllowList { numbers })
+    }
+
+    /// An empty list lets everyone in.
+    pub fn is_open(&self) -> bool {
+        self.numbers.is_empty()
+    }
+
+    pub fn allows(&self, number: &str) -> bool {
+        self.is_open() || self.numbers.contains(&digits(number))
+    }
+
+    pub fn len(&self) -> usize {
+        self.numbers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.numbers.is_empty()
+    }
+}
+
+/// The ASCII digits of `s`, in order.
+pub fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// A number safe to log: the first four and last four characters with `***` between
+/// (`16505551234` → `1650***1234`); short values are masked whole.
+pub fn mask(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() < 9 {
+        return "***".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_digits_only() {
+        let list = AllowList::parse(&["+1 650-555-1234".into()]).unwrap();
+        assert!(list.allows("16505551234"));
+        assert!(list.allows("+1 (650) 555-1234"));
+        assert!(!list.allows("16505551235"));
+        assert!(!list.allows("6505551234"));
+    }
+
+    #[test]
+    fn empty_list_allows_everyone() {
+        let list = AllowList::parse(&[]).unwrap();
+        assert!(list.allows("447700900555"));
+        let blank = AllowList::parse(&["  ".into()]).unwrap();
+        assert!(blank.is_open());
+    }
+
+    #[test]
+    fn entry_without_digits_is_rejected() {
+        assert_eq!(AllowList::parse(&["abc".into()]).unwrap_err(), "abc");
+    }
+
+    #[test]
+    fn masks_numbers() {
+        assert_eq!(mask("16505551234"), "1650***1234");
+        assert_eq!(mask("1234"), "***");
+        assert_eq!(mask("US.11112222333344445555"), "US.1***5555");
+    }
+}

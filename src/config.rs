@@ -1,0 +1,779 @@
+//! Configuration: OpenParallax's `channels.whatsapp` YAML block plus this adapter's
+//! extensions, overridable field by field from environment variables (the Lambda way).
+//!
+//! Loading is two steps: deserialise into [`RawConfig`] (every field optional), then
+//! [`RawConfig::validate`] into a typed [`Config`] or one readable [`ConfigError`] line.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::allowlist::AllowList;
+
+/// The YAML used when `serve` runs without `--config`: memory state, echo engine,
+/// and no access token, so outgoing messages are logged instead of sent.
+pub const LOCAL_DEFAULTS_YAML: &str = include_str!("../config/local.yaml");
+
+pub const DEFAULT_PORT: u16 = 9443;
+pub const DEFAULT_GRAPH_API_BASE: &str = "https://graph.facebook.com";
+pub const DEFAULT_GRAPH_API_VERSION: &str = "v21.0";
+pub const DEFAULT_ACCESS_TOKEN_ENV: &str = "WHATSAPP_ACCESS_TOKEN";
+pub const DEFAULT_APP_SECRET_ENV: &str = "WHATSAPP_APP_SECRET";
+pub const DEFAULT_ENGINE_TIMEOUT_SECS: u64 = 25;
+pub const DEFAULT_SESSION_IDLE_TTL_HOURS: u64 = 720;
+/// A little above the function timeout (30 s, API Gateway's cut): a holder that is
+/// still alive is never overtaken, a dead one is overtaken soon after.
+pub const DEFAULT_LEASE_SECS: u64 = 40;
+
+/// A value that must never reach a log line: `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the binary runs; decides defaults (state kind) and what is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Serve,
+    Lambda,
+}
+
+/// One readable line naming the field, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config: {field}: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub whatsapp: WhatsAppConfig,
+    pub engine: EngineConfig,
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct WhatsAppConfig {
+    pub phone_number_id: String,
+    /// `None`: dry run, outgoing messages are logged (serve mode only).
+    pub access_token: Option<Secret>,
+    pub verify_token: Secret,
+    pub webhook_port: u16,
+    pub allowed_numbers: AllowList,
+    /// Any of these verifies `X-Hub-Signature-256` (several while rotating).
+    pub app_secrets: Vec<Secret>,
+    /// Signature check off: only with `allow_unsigned: true` and no app secret.
+    pub allow_unsigned: bool,
+    pub graph_api_base: String,
+    pub graph_api_version: String,
+    /// Mark inbound messages read and show "typing…" before asking the engine.
+    pub read_receipts: bool,
+    /// Answer non-text messages with a short "only text is supported".
+    pub unsupported_reply: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum EngineConfig {
+    Echo,
+    Http {
+        url: String,
+        token: Option<Secret>,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateKind {
+    Memory,
+    DynamoDb {
+        table: String,
+        endpoint_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub kind: StateKind,
+    pub session_idle_ttl: Duration,
+    pub lease: Duration,
+}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub channels: RawChannels,
+    #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawChannels {
+    #[serde(default)]
+    pub whatsapp: RawWhatsApp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhatsApp {
+    pub enabled: Option<bool>,
+    pub phone_number_id: Option<String>,
+    pub access_token_env: Option<String>,
+    pub verify_token: Option<String>,
+    pub webhook_port: Option<u16>,
+    pub allowed_numbers: Option<Vec<String>>,
+    pub app_secret_env: Option<String>,
+    pub allow_unsigned: Option<bool>,
+    pub graph_api_base: Option<String>,
+    pub graph_api_version: Option<String>,
+    pub read_receipts: Option<bool>,
+    pub unsupported_reply: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub token_env: Option<String>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub kind: Option<String>,
+    pub table: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub session_idle_ttl_hours: Option<u64>,
+    pub lease_secs: Option<u64>,
+}
+
+/// Environment variables that override single fields (documented in the README).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WHATSAPP_ENABLED", "channels.whatsapp.enabled"),
+    (
+        "WHATSAPP_PHONE_NUMBER_ID",
+        "channels.whatsapp.phone_number_id",
+    ),
+    (
+        "WHATSAPP_ACCESS_TOKEN_ENV",
+        "channels.whatsapp.access_token_env",
+    ),
+    ("WHATSAPP_VERIFY_TOKEN", "channels.whatsapp.verify_token"),
+    ("WEBHOOK_PORT", "channels.whatsapp.webhook_port"),
+    (
+        "WHATSAPP_ALLOWED_NUMBERS",
+        "channels.whatsapp.allowed_numbers",
+    ),
+    (
+        "WHATSAPP_APP_SECRET_ENV",
+        "channels.whatsapp.app_secret_env",
+    ),
+    (
+        "WHATSAPP_ALLOW_UNSIGNED",
+        "channels.whatsapp.allow_unsigned",
+    ),
+    (
+        "WHATSAPP_GRAPH_API_BASE",
+        "channels.whatsapp.graph_api_base",
+    ),
+    (
+        "WHATSAPP_GRAPH_API_VERSION",
+        "channels.whatsapp.graph_api_version",
+    ),
+    ("WHATSAPP_READ_RECEIPTS", "channels.whatsapp.read_receipts"),
+    (
+        "WHATSAPP_UNSUPPORTED_REPLY",
+        "channels.whatsapp.unsupported_reply",
+    ),
+    ("ENGINE_KIND", "engine.kind"),
+    ("ENGINE_URL", "engine.url"),
+    ("ENGINE_TOKEN_ENV", "engine.token_env"),
+    ("ENGINE_TIMEOUT_SECS", "engine.timeout_secs"),
+    ("STATE_KIND", "state.kind"),
+    ("TABLE_NAME", "state.table"),
+    ("STATE_ENDPOINT_URL", "state.endpoint_url"),
+    ("SESSION_IDLE_TTL_HOURS", "state.session_idle_ttl_hours"),
+    ("STATE_LEASE_SECS", "state.lease_secs"),
+];
+
+impl RawConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        serde_norway::from_str::<Option<RawConfig>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                ConfigError::new(
+                    "YAML",
+                    e.to_string(),
+                    "correct that field (see the configuration reference in README.md)",
+                )
+            })
+    }
+
+    /// Apply every override in [`ENV_OVERRIDES`] that `env` has a value for.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let w = &mut self.channels.whatsapp;
+        if let Some(v) = get("WHATSAPP_ENABLED") {
+            w.enabled = Some(parse_bool("WHATSAPP_ENABLED", &v)?);
+        }
+        set_string(&mut w.phone_number_id, get("WHATSAPP_PHONE_NUMBER_ID"));
+        set_string(&mut w.access_token_env, get("WHATSAPP_ACCESS_TOKEN_ENV"));
+        set_string(&mut w.verify_token, get("WHATSAPP_VERIFY_TOKEN"));
+        if let Some(v) = get("WEBHOOK_PORT") {
+            w.webhook_port = Some(v.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "WEBHOOK_PORT",
+                    format!("{v:?} is not a port number"),
+                    "use a number from 1 to 65535, e.g. 9443",
+                )
+            })?);
+        }
+        if let Some(v) = get("WHATSAPP_ALLOWED_NUMBERS") {
+            w.allowed_numbers = Some(v.split(',').map(str::to_string).collect());
+        }
+        set_string(&mut w.app_secret_env, get("WHATSAPP_APP_SECRET_ENV"));
+        if let Some(v) = get("WHATSAPP_ALLOW_UNSIGNED") {
+            w.allow_unsigned = Some(parse_bool("WHATSAPP_ALLOW_UNSIGNED", &v)?);
+        }
+        set_string(&mut w.graph_api_base, get("WHATSAPP_GRAPH_API_BASE"));
+        set_string(&mut w.graph_api_version, get("WHATSAPP_GRAPH_API_VERSION"));
+        if let Some(v) = get("WHATSAPP_READ_RECEIPTS") {
+            w.read_receipts = Some(parse_bool("WHATSAPP_READ_RECEIPTS", &v)?);
+        }
+        if let Some(v) = get("WHATSAPP_UNSUPPORTED_REPLY") {
+            w.unsupported_reply = Some(parse_bool("WHATSAPP_UNSUPPORTED_REPLY", &v)?);
+        }
+        let e = &mut self.engine;
+        set_string(&mut e.kind, get("ENGINE_KIND"));
+        set_string(&mut e.url, get("ENGINE_URL"));
+        set_string(&mut e.token_env, get("ENGINE_TOKEN_ENV"));
+        if let Some(v) = get("ENGINE_TIMEOUT_SECS") {
+            e.timeout_secs = Some(parse_u64("ENGINE_TIMEOUT_SECS", &v)?);
+        }
+        let s = &mut self.state;
+        set_string(&mut s.kind, get("STATE_KIND"));
+        set_string(&mut s.table, get("TABLE_NAME"));
+        set_string(&mut s.endpoint_url, get("STATE_ENDPOINT_URL"));
+        if let Some(v) = get("SESSION_IDLE_TTL_HOURS") {
+            s.session_idle_ttl_hours = Some(parse_u64("SESSION_IDLE_TTL_HOURS", &v)?);
+        }
+        if let Some(v) = get("STATE_LEASE_SECS") {
+            s.lease_secs = Some(parse_u64("STATE_LEASE_SECS", &v)?);
+        }
+        Ok(())
+    }
+
+    /// Check every field and resolve the secrets named by `*_env` fields.
+    pub fn validate(
+        self,
+        mode: RunMode,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let w = self.channels.whatsapp;
+        if w.enabled == Some(false) {
+            return Err(ConfigError::new(
+                "channels.whatsapp.enabled",
+                "is false, so there is nothing to serve",
+                "set it to true (or WHATSAPP_ENABLED=true)",
+            ));
+        }
+        let phone_number_id = non_empty(w.phone_number_id).ok_or_else(|| {
+            ConfigError::new(
+                "channels.whatsapp.phone_number_id",
+                "is missing",
+                "set the Phone number ID from Meta's WhatsApp > API Setup page (or WHATSAPP_PHONE_NUMBER_ID)",
+            )
+        })?;
+        if !phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new(
+                "channels.whatsapp.phone_number_id",
+                "must be digits only",
+                "copy the Phone number ID (not the phone number) from Meta's API Setup page",
+            ));
+        }
+        let verify_token = non_empty(w.verify_token).ok_or_else(|| {
+            ConfigError::new(
+                "channels.whatsapp.verify_token",
+                "is missing or empty",
+                "set any secret string and enter the same in Meta's webhook settings (or WHATSAPP_VERIFY_TOKEN)",
+            )
+        })?;
+
+        let token_env_explicit = non_empty(w.access_token_env);
+        let token_env = token_env_explicit
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ACCESS_TOKEN_ENV.to_string());
+        let access_token = match non_empty(env(&token_env)) {
+            Some(token) => Some(Secret::new(token)),
+            None if token_env_explicit.is_some() || mode == RunMode::Lambda => {
+                return Err(ConfigError::new(
+                    "channels.whatsapp.access_token_env",
+                    format!("names the environment variable {token_env}, which is not set"),
+                    format!("export {token_env}=<permanent access token from Meta>"),
+                ));
+            }
+            None => None,
+        };
+
+        let allow_unsigned = w.allow_unsigned.unwrap_or(false);
+        let secret_env =
+            non_empty(w.app_secret_env).unwrap_or_else(|| DEFAULT_APP_SECRET_ENV.to_string());
+        let app_secrets: Vec<Secret> = env(&secret_env)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        if app_secrets.is_empty() && !allow_unsigned {
+            return Err(ConfigError::new(
+                "channels.whatsapp.app_secret_env",
+                format!(
+                    "names the environment variable {secret_env}, which is not set, so X-Hub-Signature-256 cannot be checked"
+                ),
+                format!(
+                    "export {secret_env}=<App secret from Meta's App settings > Basic>, or set allow_unsigned: true for local tests only"
+                ),
+            ));
+        }
+
+        let allowed_numbers = AllowList::parse(w.allowed_numbers.as_deref().unwrap_or_default())
+            .map_err(|entry| {
+                ConfigError::new(
+                    "channels.whatsapp.allowed_numbers",
+                    format!("entry {entry:?} has no digits"),
+                    "write numbers in international form, e.g. \"+16505551234\"",
+                )
+            })?;
+
+        let graph_api_base = non_empty(w.graph_api_base)
+            .unwrap_or_else(|| DEFAULT_GRAPH_API_BASE.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        check_url(
+            "channels.whatsapp.graph_api_base",
+            &graph_api_base,
+            &["http", "https"],
+        )?;
+        let graph_api_version =
+            non_empty(w.graph_api_version).unwrap_or_else(|| DEFAULT_GRAPH_API_VERSION.to_string());
+        if !graph_api_version.starts_with('v') {
+            return Err(ConfigError::new(
+                "channels.whatsapp.graph_api_version",
+                format!("{graph_api_version:?} is not a Graph API version"),
+                "write it like v21.0",
+            ));
+        }
+        let webhook_port = w.webhook_port.unwrap_or(DEFAULT_PORT);
+        if webhook_port == 0 {
+            return Err(ConfigError::new(
+                "channels.whatsapp.webhook_port",
+                "0 is not a usable port",
+                "use a number from 1 to 65535, e.g. 9443",
+            ));
+        }
+
+        let whatsapp = WhatsAppConfig {
+            phone_number_id,
+            access_token,
+            verify_token: Secret::new(verify_token),
+            webhook_port,
+            allowed_numbers,
+            app_secrets,
+            allow_unsigned,
+            graph_api_base,
+            graph_api_version,
+            read_receipts: w.read_receipts.unwrap_or(true),
+            unsupported_reply: w.unsupported_reply.unwrap_or(true),
+        };
+        let engine = validate_engine(self.engine, env)?;
+        let state = validate_state(self.state, mode)?;
+        Ok(Config {
+            whatsapp,
+            engine,
+            state,
+        })
+    }
+}
+
+fn validate_engine(
+    e: RawEngine,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<EngineConfig, ConfigError> {
+    let timeout_secs = e.timeout_secs.unwrap_or(DEFAULT_ENGINE_TIMEOUT_SECS);
+    if timeout_secs == 0 {
+        return Err(ConfigError::new(
+            "engine.timeout_secs",
+            "must be at least 1",
+            "use e.g. 25 (below the 30 s cut of API Gateway)",
+        ));
+    }
+    let timeout = Duration::from_secs(timeout_secs);
+    let kind = non_empty(e.kind).unwrap_or_else(|| "echo".to_string());
+    match kind.as_str() {
+        "echo" => Ok(EngineConfig::Echo),
+        "http" => {
+            let url = non_empty(e.url).ok_or_else(|| {
+                ConfigError::new(
+                    "engine.url",
+                    "is missing for engine kind http",
+                    "set the URL of the engine's reply endpoint, e.g. http://127.0.0.1:8080/reply (or ENGINE_URL)",
+                )
+            })?;
+            check_url("engine.url", &url, &["http", "https"])?;
+            let token = match non_empty(e.token_env) {
+                None => None,
+                Some(name) => Some(Secret::new(non_empty(env(&name)).ok_or_else(|| {
+                    ConfigError::new(
+                        "engine.token_env",
+                        format!("names the environment variable {name}, which is not set"),
+                        format!("export {name}=<engine bearer token>, or remove token_env"),
+                    )
+                })?)),
+            };
+            Ok(EngineConfig::Http {
+                url,
+                token,
+                timeout,
+            })
+        }
+        other => Err(ConfigError::new(
+            "engine.kind",
+            format!("unknown engine kind {other:?}"),
+            "use echo or http",
+        )),
+    }
+}
+
+fn validate_state(s: RawState, mode: RunMode) -> Result<StateConfig, ConfigError> {
+    let default_kind = match mode {
+        RunMode::Serve => "memory",
+        RunMode::Lambda => "dynamodb",
+    };
+    let kind = non_empty(s.kind).unwrap_or_else(|| default_kind.to_string());
+    let kind = match kind.as_str() {
+        "memory" => StateKind::Memory,
+        "dynamodb" => {
+            let table = non_empty(s.table).ok_or_else(|| {
+                ConfigError::new(
+                    "state.table",
+                    "is missing for state kind dynamodb",
+                    "set the DynamoDB table name (or TABLE_NAME)",
+                )
+            })?;
+            if let Some(url) = &s.endpoint_url {
+                check_url("state.endpoint_url", url, &["http", "https"])?;
+            }
+            StateKind::DynamoDb {
+                table,
+                endpoint_url: non_empty(s.endpoint_url),
+            }
+        }
+        other => {
+            return Err(ConfigError::new(
+                "state.kind",
+                format!("unknown state kind {other:?}"),
+                "use memory or dynamodb",
+            ));
+        }
+    };
+    let hours = s
+        .session_idle_ttl_hours
+        .unwrap_or(DEFAULT_SESSION_IDLE_TTL_HOURS);
+    if hours == 0 {
+        return Err(ConfigError::new(
+            "state.session_idle_ttl_hours",
+            "must be at least 1",
+            "use e.g. 720 (30 days)",
+        ));
+    }
+    let lease_secs = s.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
+    if lease_secs == 0 {
+        return Err(ConfigError::new(
+            "state.lease_secs",
+            "must be at least 1",
+            "use a little more than the function timeout, e.g. 40",
+        ));
+    }
+    Ok(StateConfig {
+        kind,
+        session_idle_ttl: Duration::from_secs(hours * 3600),
+        lease: Duration::from_secs(lease_secs),
+    })
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn set_string(slot: &mut Option<String>, value: Option<String>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            name,
+            format!("{value:?} is not a boolean"),
+            "use true or false",
+        )),
+    }
+}
+
+fn parse_u64(name: &str, value: &str) -> Result<u64, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            format!("{value:?} is not a whole number"),
+            "use digits only, e.g. 25",
+        )
+    })
+}
+
+fn check_url(field: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let ok = schemes.iter().any(|s| {
+        url.strip_prefix(s)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|host| !host.is_empty())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("{url:?} is not a {} URL", schemes.join(" or ")),
+            format!("write it like {}://host:port/path", schemes[0]),
+        ))
+    }
+}
+
+/// Load the configuration: the YAML file (if any), then environment overrides, then validation.
+pub fn load(
+    yaml: Option<&str>,
+    mode: RunMode,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut raw = match yaml {
+        Some(text) => RawConfig::from_yaml(text)?,
+        None => RawConfig::default(),
+    };
+    raw.apply_env(env)?;
+    raw.validate(mode, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    const FULL: &str = r#"
+channels:
+  whatsapp:
+    enabled: true
+    phone_number_id: "1234567890123456"
+    access_token_env: WHATSAPP_ACCESS_TOKEN
+    verify_token: "my-secret-verify-token"
+    webhook_port: 9443
+    allowed_numbers: ["+1 650-555-1234"]
+    app_secret_env: WHATSAPP_APP_SECRET
+    graph_api_base: "http://127.0.0.1:1234/"
+    graph_api_version: "v21.0"
+engine:
+  kind: http
+  url: "http://127.0.0.1:8080/reply"
+  token_env: ENGINE_TOKEN
+  timeout_secs: 25
+"#;
+
+    fn load_with(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load(Some(yaml), RunMode::Serve, &env_of(env))
+    }
+
+    #[test]
+    fn full_example_loads() {
+        let cfg = load_with(
+            FULL,
+            &[
+                ("WHATSAPP_ACCESS_TOKEN", "tok"),
+                ("WHATSAPP_APP_SECRET", "s1, s2"),
+                ("ENGINE_TOKEN", "et"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.whatsapp.phone_number_id, "1234567890123456");
+        assert_eq!(cfg.whatsapp.access_token.as_ref().unwrap().expose(), "tok");
+        assert_eq!(cfg.whatsapp.app_secrets.len(), 2);
+        assert_eq!(cfg.whatsapp.graph_api_base, "http://127.0.0.1:1234");
+        assert!(cfg.whatsapp.allowed_numbers.allows("16505551234"));
+        assert!(matches!(cfg.engine, EngineConfig::Http { ref token, .. } if token.is_some()));
+        assert_eq!(cfg.state.kind, StateKind::Memory);
+    }
+
+    #[test]
+    fn missing_phone_number_id_names_field() {
+        let err = load_with(
+            "channels: {whatsapp: {verify_token: x, allow_unsigned: true}}",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.phone_number_id");
+        assert!(
+            err.to_string()
+                .starts_with("config: channels.whatsapp.phone_number_id: is missing; fix:")
+        );
+    }
+
+    #[test]
+    fn unset_access_token_env_is_an_error() {
+        let err =
+            load_with(FULL, &[("WHATSAPP_APP_SECRET", "s"), ("ENGINE_TOKEN", "e")]).unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.access_token_env");
+        assert!(err.to_string().contains("WHATSAPP_ACCESS_TOKEN"));
+    }
+
+    #[test]
+    fn empty_verify_token_is_an_error() {
+        let err = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: '  ', allow_unsigned: true}}",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.verify_token");
+    }
+
+    #[test]
+    fn unknown_engine_kind_is_an_error() {
+        let err = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\nengine: {kind: magic}",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "engine.kind");
+        assert!(err.problem.contains("magic"));
+    }
+
+    #[test]
+    fn port_not_a_number_is_an_error() {
+        let err = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, webhook_port: abc}}",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("webhook_port"), "{err}");
+        let err = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}",
+            &[("WEBHOOK_PORT", "eighty")],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "WEBHOOK_PORT");
+    }
+
+    #[test]
+    fn app_secret_required_unless_allow_unsigned() {
+        let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v}}";
+        let err = load_with(yaml, &[]).unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.app_secret_env");
+        assert!(load_with(yaml, &[("WHATSAPP_APP_SECRET", "s")]).is_ok());
+    }
+
+    #[test]
+    fn env_alone_configures_lambda() {
+        let env = env_of(&[
+            ("WHATSAPP_PHONE_NUMBER_ID", "42"),
+            ("WHATSAPP_VERIFY_TOKEN", "v"),
+            ("WHATSAPP_ACCESS_TOKEN", "t"),
+            ("WHATSAPP_APP_SECRET", "s"),
+            ("WHATSAPP_ALLOWED_NUMBERS", "+1 650-555-1234,447700900555"),
+            ("TABLE_NAME", "tbl"),
+            ("ENGINE_KIND", "echo"),
+        ]);
+        let cfg = load(None, RunMode::Lambda, &env).unwrap();
+        assert_eq!(cfg.whatsapp.phone_number_id, "42");
+        assert!(cfg.whatsapp.allowed_numbers.allows("447700900555"));
+        assert_eq!(
+            cfg.state.kind,
+            StateKind::DynamoDb {
+                table: "tbl".into(),
+                endpoint_url: None
+            }
+        );
+    }
+
+    #[test]
+    fn lambda_requires_access_token() {
+        let env = env_of(&[
+            ("WHATSAPP_PHONE_NUMBER_ID", "42"),
+            ("WHATSAPP_VERIFY_TOKEN", "v"),
+            ("WHATSAPP_APP_SECRET", "s"),
+            ("TABLE_NAME", "tbl"),
+        ]);
+        let err = load(None, RunMode::Lambda, &env).unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.access_token_env");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = load_with("channels: {whatsapp: {phone_numbr_id: '1'}}", &[]).unwrap_err();
+        assert!(err.to_string().contains("phone_numbr_id"), "{err}");
+    }
+
+    #[test]
+    fn local_defaults_load_without_any_env() {
+        let cfg = load(Some(LOCAL_DEFAULTS_YAML), RunMode::Serve, &env_of(&[])).unwrap();
+        assert!(cfg.whatsapp.access_token.is_none());
+        assert!(matches!(cfg.engine, EngineConfig::Echo));
+        assert_eq!(cfg.state.kind, StateKind::Memory);
+        assert_eq!(cfg.whatsapp.webhook_port, 9443);
+    }
+
+    #[test]
+    fn secret_debug_is_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+    }
+}

@@ -1,0 +1,74 @@
+//! The agent engine port: one call per user turn, returning the reply text.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod echo;
+pub mod http;
+
+pub use echo::EchoEngine;
+pub use http::HttpEngine;
+
+/// Conversation mode of a session. `Otr` (Off-The-Record) means nothing of the
+/// conversation may be stored anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Normal,
+    Otr,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Otr => "otr",
+        }
+    }
+}
+
+/// One user turn handed to the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    pub session_id: &'a str,
+    pub mode: Mode,
+    pub text: &'a str,
+    /// The sender's key: phone digits, or the business-scoped user id for username users.
+    pub from: &'a str,
+    /// The inbound WhatsApp message id (`wamid.…`).
+    pub message_id: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("engine unreachable: {0}")]
+    Unreachable(String),
+    #[error("engine answered HTTP {0}")]
+    Status(u16),
+    #[error("engine sent a reply that could not be read: {0}")]
+    BadReply(String),
+    #[error("engine reported {code}: {message}")]
+    Reported { code: String, message: String },
+}
+
+impl EngineError {
+    /// Whether asking again later may succeed. Only a 4xx other than 408/429
+    /// means the request itself is wrong, so retrying cannot help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Status(code) => !(400..500).contains(code) || *code == 408 || *code == 429,
+            _ => true,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Ask the engine for its reply to one turn. An empty string means "no reply".
+    async fn reply(&self, turn: &Turn<'_>) -> Result<String, EngineError>;
+}

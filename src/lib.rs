@@ -1,0 +1,17 @@
+//! whatsapp-webhook: the WhatsApp channel of the OpenParallax agent.
+//!
+//! Ports (traits) sit at every I/O boundary: [`state::SessionStore`],
+//! [`engine::Engine`] and [`graph::Messenger`], each with a real and an in-memory
+//! implementation. [`webhook::App`] is the pipeline; [`server`] runs it as a local
+//! HTTP server or as a Lambda function.
+
+pub mod allowlist;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod graph;
+pub mod server;
+pub mod split;
+pub mod state;
+pub mod webhook;
+pub mod wiring;

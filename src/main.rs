@@ -1,0 +1,151 @@
+//! Entry point: `serve` (local HTTP server), `create-table`, or Lambda mode when
+//! `AWS_LAMBDA_RUNTIME_API` is set. Config errors end the program with one line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use whatsapp_webhook::config::{self, Config, LOCAL_DEFAULTS_YAML, RunMode};
+use whatsapp_webhook::{server, wiring};
+
+const USAGE: &str = "usage: whatsapp-webhook serve [--config FILE]\n\
+       (with AWS_LAMBDA_RUNTIME_API set, runs as a Lambda function; WHATSAPP_CONFIG=FILE names the config)";
+
+enum Command {
+    Serve { config_path: Option<String> },
+    Lambda,
+    Help,
+}
+
+fn parse_args() -> Result<Command, String> {
+    let mut args = std::env::args().skip(1);
+    let Some(first) = args.next() else {
+        return Ok(if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            Command::Lambda
+        } else {
+            Command::Help
+        });
+    };
+    match first.as_str() {
+        "serve" => {
+            let mut config_path = None;
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--config" | "-c" => {
+                        config_path = Some(args.next().ok_or("--config needs a file name")?);
+                    }
+                    other => return Err(format!("unknown argument {other:?}")),
+                }
+            }
+            Ok(Command::Serve { config_path })
+        }
+        "-h" | "--help" | "help" => Ok(Command::Help),
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// YAML text from `path`, else `WHATSAPP_CONFIG`, else (serve only) the built-in defaults.
+fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
+    let path = path.or_else(|| env("WHATSAPP_CONFIG").filter(|p| !p.is_empty()));
+    let yaml = match &path {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            format!("config: cannot read {p}: {e}; fix: pass an existing YAML file to --config")
+        })?),
+        None if mode == RunMode::Serve => {
+            tracing::warn!(
+                "no --config given: using the built-in local defaults (config/local.yaml)"
+            );
+            Some(LOCAL_DEFAULTS_YAML.to_string())
+        }
+        None => None,
+    };
+    config::load(yaml.as_deref(), mode, &env).map_err(|e| e.to_string())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(
+                env("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            )
+        })
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder
+            .json()
+            .with_current_span(false)
+            .without_time()
+            .init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let command = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("whatsapp-webhook: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config_path } => {
+            init_logging(false);
+            match run_serve(config_path).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Lambda => {
+            init_logging(true);
+            match run_lambda().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("whatsapp-webhook: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run_serve(config_path: Option<String>) -> Result<(), String> {
+    let config = load_config(config_path, RunMode::Serve)?;
+    let app = Arc::new(
+        wiring::build_app(&config)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let port = config.whatsapp.webhook_port;
+    let listener = server::bind(port).await.map_err(|e| {
+        format!("cannot listen on port {port}: {e}; fix: free the port or set webhook_port")
+    })?;
+    tracing::info!(port, "ready: webhook at http://127.0.0.1:{port}/webhook");
+    server::serve(app, listener)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_lambda() -> Result<(), String> {
+    let config = load_config(None, RunMode::Lambda)?;
+    let app = Arc::new(
+        wiring::build_app(&config)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    server::run_lambda(app).await.map_err(|e| e.to_string())
+}

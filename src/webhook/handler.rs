@@ -1,0 +1,563 @@
+//! The pipeline: one HTTP request in, one response out, the same in serve and Lambda mode.
+//!
+//! A POST answers 200 only after every message in it was answered (a Lambda is
+//! frozen once it responds), 503 when another delivery holds a message, and 500
+//! when something failed for now, so that Meta redelivers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+
+use super::payload::{
+    Change, ChangeValue, Content, Entry, Envelope, InboundMessage, RawMessage, Status,
+};
+use super::signature::{SIGNATURE_HEADER, SignatureCheck, check_signature};
+use super::verify::{Verification, verify_subscription};
+use crate::allowlist::{AllowList, mask};
+use crate::commands::{Command, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT};
+use crate::config::{Secret, WhatsAppConfig};
+use crate::engine::{Engine, Mode, Turn};
+use crate::graph::{Messenger, Recipient, SendError};
+use crate::split::{MAX_PART_UTF16, split_reply};
+use crate::state::{
+    Attempt, Begin, Progress, SessionRecord, SessionStore, StateError, message_key,
+};
+
+/// Unix seconds; injected so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The handler's settings, taken from `channels.whatsapp`.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub phone_number_id: String,
+    pub verify_token: Secret,
+    pub app_secrets: Vec<Secret>,
+    pub allowed_numbers: AllowList,
+    pub read_receipts: bool,
+    pub unsupported_reply: bool,
+    /// How long a message waits for another message of the same sender to be answered
+    /// before the delivery is answered 503.
+    pub sender_wait: Duration,
+    /// Longest reply part, in UTF-16 code units.
+    pub max_part_units: usize,
+}
+
+impl AppOptions {
+    pub fn from_config(c: &WhatsAppConfig) -> Self {
+        AppOptions {
+            phone_number_id: c.phone_number_id.clone(),
+            verify_token: c.verify_token.clone(),
+            app_secrets: c.app_secrets.clone(),
+            allowed_numbers: c.allowed_numbers.clone(),
+            read_receipts: c.read_receipts,
+            unsupported_reply: c.unsupported_reply,
+            sender_wait: Duration::from_secs(5),
+            max_part_units: MAX_PART_UTF16,
+        }
+    }
+}
+
+/// Everything a request needs, built once at start and shared by reference.
+pub struct App {
+    options: AppOptions,
+    store: Arc<dyn SessionStore>,
+    engine: Arc<dyn Engine>,
+    messenger: Arc<dyn Messenger>,
+    clock: Clock,
+}
+
+/// How one message ended, ordered by what it means for the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    /// Answered now, answered before, or needing no answer: 200.
+    Settled,
+    /// Held by another delivery: 503.
+    Busy,
+    /// Failed for now, progress kept: 500.
+    Failed,
+}
+
+/// What the adapter does with a message once it holds it.
+enum Action<'a> {
+    Command(Command),
+    Turn(&'a str),
+    Notice(&'static str),
+}
+
+impl App {
+    pub fn new(
+        options: AppOptions,
+        store: Arc<dyn SessionStore>,
+        engine: Arc<dyn Engine>,
+        messenger: Arc<dyn Messenger>,
+        clock: Clock,
+    ) -> Self {
+        App {
+            options,
+            store,
+            engine,
+            messenger,
+            clock,
+        }
+    }
+
+    /// Answer one HTTP request. Never panics on input; every refusal says why.
+    pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path();
+        if !is_webhook_path(path) {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: the webhook is at /webhook",
+            );
+        }
+        match *request.method() {
+            Method::GET => self.verify(request.uri().query()),
+            Method::POST => self.receive(&request).await,
+            _ => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
+                response
+            }
+        }
+    }
+
+    fn verify(&self, query: Option<&str>) -> Response<Bytes> {
+        match verify_subscription(query, self.options.verify_token.expose()) {
+            Verification::Accepted(challenge) => {
+                tracing::info!("webhook verification accepted");
+                text(StatusCode::OK, challenge)
+            }
+            Verification::Missing(name) => text(StatusCode::BAD_REQUEST, format!("missing {name}")),
+            Verification::Refused => {
+                tracing::warn!("webhook verification refused: wrong hub.verify_token or hub.mode");
+                text(StatusCode::FORBIDDEN, "verify token mismatch")
+            }
+        }
+    }
+
+    async fn receive(&self, request: &Request<Bytes>) -> Response<Bytes> {
+        let body = request.body();
+        if !self.options.app_secrets.is_empty() {
+            let header = request
+                .headers()
+                .get(SIGNATURE_HEADER)
+                .map(|v| v.as_bytes());
+            match check_signature(header, body, &self.options.app_secrets) {
+                SignatureCheck::Valid => {}
+                SignatureCheck::Missing => {
+                    tracing::warn!("POST without X-Hub-Signature-256 refused");
+                    return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+                }
+                SignatureCheck::Invalid => {
+                    tracing::warn!("POST with a wrong X-Hub-Signature-256 refused");
+                    return text(StatusCode::FORBIDDEN, "invalid X-Hub-Signature-256");
+                }
+            }
+        }
+        let envelope: Envelope<'_> = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(category = ?e.classify(), line = e.line(), column = e.column(), "POST body refused: not a webhook JSON object");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "body is not a JSON webhook payload",
+                );
+            }
+        };
+        let messages = self.collect_messages(&envelope);
+        let mut worst = Outcome::Settled;
+        for message in &messages {
+            worst = worst.max(self.process(message).await);
+        }
+        match worst {
+            Outcome::Settled => text(StatusCode::OK, "ok"),
+            Outcome::Busy => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a message is being answered by another delivery; retry later",
+            ),
+            Outcome::Failed => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "temporary failure; retry later",
+            ),
+        }
+    }
+
+    /// Walk every entry and change; log statuses and errors; return the messages in order.
+    fn collect_messages(&self, envelope: &Envelope<'_>) -> Vec<InboundMessage> {
+        let mut out = Vec::new();
+        if envelope
+            .object
+            .as_deref()
+            .is_some_and(|o| o != "whatsapp_business_account")
+        {
+            tracing::info!("ignoring webhook for another object type");
+            return out;
+        }
+        for raw_entry in &envelope.entry {
+            let Ok(entry) = serde_json::from_str::<Entry<'_>>(raw_entry.get()) else {
+                tracing::warn!("skipping unreadable entry");
+                continue;
+            };
+            for raw_change in &entry.changes {
+                let Ok(change) = serde_json::from_str::<Change<'_>>(raw_change.get()) else {
+                    tracing::warn!("skipping unreadable change");
+                    continue;
+                };
+                if change.field.as_deref() != Some("messages") {
+                    tracing::debug!(field = ?change.field, "ignoring change of another field");
+                    continue;
+                }
+                let Some(value) = change
+                    .value
+                    .and_then(|v| serde_json::from_str::<ChangeValue<'_>>(v.get()).ok())
+                else {
+                    tracing::warn!("skipping change with an unreadable value");
+                    continue;
+                };
+                let phone_number_id = value
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.phone_number_id.as_deref());
+                if phone_number_id != Some(self.options.phone_number_id.as_str()) {
+                    tracing::warn!(
+                        phone_number_id = phone_number_id.map(mask).as_deref().unwrap_or("none"),
+                        "ignoring change for another phone_number_id"
+                    );
+                    continue;
+                }
+                for error in &value.errors {
+                    tracing::warn!(code = ?error.code, title = ?error.title, "webhook reported an error");
+                }
+                for raw_status in &value.statuses {
+                    log_status(raw_status.get());
+                }
+                for raw_message in &value.messages {
+                    match serde_json::from_str::<RawMessage>(raw_message.get())
+                        .map(RawMessage::into_inbound)
+                    {
+                        Ok(Some(m)) => out.push(m),
+                        Ok(None) => tracing::warn!("skipping message without a sender"),
+                        Err(e) => {
+                            tracing::warn!(category = ?e.classify(), line = e.line(), column = e.column(), "skipping unreadable message")
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn process(&self, message: &InboundMessage) -> Outcome {
+        let sender = message.sender.key();
+        let msg_ref = short_ref(&message.id);
+        if !self.is_allowed(&message.sender) {
+            tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers");
+            return Outcome::Settled;
+        }
+        let action = match &message.content {
+            Content::Text(t) if t.trim().is_empty() => return Outcome::Settled,
+            Content::Text(t) => match Command::parse(t) {
+                Some(c) => Action::Command(c),
+                None => Action::Turn(t),
+            },
+            Content::NonText(kind) if self.options.unsupported_reply => {
+                tracing::info!(from = %mask(sender), msg = %msg_ref, kind = %kind, "non-text message");
+                Action::Notice(UNSUPPORTED_TEXT)
+            }
+            Content::NonText(kind) | Content::Silent(kind) => {
+                tracing::info!(from = %mask(sender), msg = %msg_ref, kind = %kind, "message needs no answer");
+                return Outcome::Settled;
+            }
+        };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let attempt = Attempt {
+            message_id: &message.id,
+            sender,
+            token: &token,
+        };
+        let (session, progress) = match self.begin(&attempt).await {
+            Ok(Begin::Ready { session, progress }) => (session, progress),
+            Ok(Begin::Done) => {
+                tracing::info!(from = %mask(sender), msg = %msg_ref, "duplicate delivery of an answered message");
+                return Outcome::Settled;
+            }
+            Ok(Begin::MessageBusy) | Ok(Begin::SenderBusy) => {
+                tracing::info!(from = %mask(sender), msg = %msg_ref, "busy: held by another delivery");
+                return Outcome::Busy;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, msg = %msg_ref, "state store failed; nothing sent");
+                return Outcome::Failed;
+            }
+        };
+        let mut turn = TurnState {
+            attempt,
+            msg_ref,
+            now: (self.clock)(),
+            session: session.unwrap_or_else(|| new_session(Mode::Normal, (self.clock)())),
+            progress,
+        };
+        turn.session.updated_at = turn.now;
+        self.answer(&mut turn, &message.sender, action).await
+    }
+
+    /// Take the message and its sender, waiting a little while another message of
+    /// the same sender is answered, so quick successive messages keep their order.
+    async fn begin(&self, attempt: &Attempt<'_>) -> Result<Begin, StateError> {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let begin = self.store.begin(attempt, (self.clock)()).await?;
+            if begin != Begin::SenderBusy || started.elapsed() + pause > self.options.sender_wait {
+                return Ok(begin);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(800));
+        }
+    }
+
+    async fn answer(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        action: Action<'_>,
+    ) -> Outcome {
+        let parts = if turn.progress.parts.is_empty() {
+            match self.reply_parts(turn, to, action).await {
+                Ok(parts) => parts,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            // A redelivery of a normal-mode reply that was cut short: resume it.
+            std::mem::take(&mut turn.progress.parts)
+        };
+        self.send_parts(turn, to, parts).await
+    }
+
+    /// The reply to send, or the outcome if the turn ends here.
+    async fn reply_parts(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        action: Action<'_>,
+    ) -> Result<Vec<String>, Outcome> {
+        let text = match action {
+            Action::Command(command) => {
+                match command {
+                    Command::New => turn.session = new_session(Mode::Normal, turn.now),
+                    Command::Otr => turn.session = new_session(Mode::Otr, turn.now),
+                    Command::Help => {}
+                }
+                tracing::info!(from = %mask(to.key()), msg = %turn.msg_ref, command = ?command, "command");
+                return Ok(vec![command.confirmation().to_string()]);
+            }
+            Action::Notice(notice) => return Ok(vec![notice.to_string()]),
+            Action::Turn(text) => text,
+        };
+        if self.options.read_receipts {
+            if let Err(e) = self
+                .messenger
+                .mark_read_typing(turn.attempt.message_id)
+                .await
+            {
+                tracing::warn!(error = %e, msg = %turn.msg_ref, "read receipt / typing indicator failed");
+            }
+        }
+        let request = Turn {
+            session_id: &turn.session.id,
+            mode: turn.session.mode,
+            text,
+            from: to.key(),
+            message_id: turn.attempt.message_id,
+        };
+        match self.engine.reply(&request).await {
+            Ok(reply) => Ok(split_reply(&reply, self.options.max_part_units)),
+            Err(e) => {
+                let transient = e.is_transient();
+                tracing::error!(error = %e, transient, msg = %turn.msg_ref, mode = turn.session.mode.as_str(), "engine failed");
+                if !turn.progress.notice_sent {
+                    match self.messenger.send_text(to, UNAVAILABLE_TEXT).await {
+                        Ok(()) => turn.progress.notice_sent = true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, msg = %turn.msg_ref, "could not send the unavailable notice")
+                        }
+                    }
+                }
+                if transient {
+                    // Keep the message for Meta's redelivery, which asks the engine again.
+                    Err(self.abandon(turn).await)
+                } else {
+                    Err(self.finish(turn).await)
+                }
+            }
+        }
+    }
+
+    async fn send_parts(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        parts: Vec<String>,
+    ) -> Outcome {
+        // OTR replies are never stored: a redelivery asks the engine again.
+        let keep_text = turn.session.mode == Mode::Normal;
+        let first = turn.progress.sent as usize;
+        if keep_text && parts.len() > first + 1 && turn.progress.parts.is_empty() {
+            // Several parts to go: store them first, so a crash mid-reply can resume.
+            turn.progress.parts = parts.clone();
+            if let Err(e) = self
+                .store
+                .save_progress(&turn.attempt, &turn.progress)
+                .await
+            {
+                tracing::error!(error = %e, msg = %turn.msg_ref, "could not store the reply; nothing sent");
+                return self.abandon_after(turn, e).await;
+            }
+        }
+        for (index, part) in parts.iter().enumerate().skip(first) {
+            match self.messenger.send_text(to, part).await {
+                Ok(()) => {
+                    turn.progress.sent += 1;
+                    let more = index + 1 < parts.len();
+                    if more && keep_text {
+                        if let Err(e) = self
+                            .store
+                            .save_progress(&turn.attempt, &turn.progress)
+                            .await
+                        {
+                            tracing::error!(error = %e, msg = %turn.msg_ref, "could not record reply progress");
+                            return self.abandon_after(turn, e).await;
+                        }
+                    }
+                }
+                Err(e @ SendError::Permanent { .. }) => {
+                    // Retrying cannot help (e.g. 131047 outside the 24 h window): settle.
+                    tracing::warn!(error = %e, msg = %turn.msg_ref, to = %mask(to.key()), part = index + 1, "reply refused by the Graph API");
+                    turn.progress = Progress::default();
+                    return self.finish(turn).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, msg = %turn.msg_ref, part = index + 1, of = parts.len(), "reply part not sent; leaving it for redelivery");
+                    if keep_text {
+                        turn.progress.parts = parts;
+                    } else {
+                        turn.progress.sent = 0;
+                        turn.progress.parts.clear();
+                    }
+                    return self.abandon(turn).await;
+                }
+            }
+        }
+        tracing::info!(msg = %turn.msg_ref, to = %mask(to.key()), parts = parts.len(), mode = turn.session.mode.as_str(), "answered");
+        self.finish(turn).await
+    }
+
+    async fn finish(&self, turn: &TurnState<'_>) -> Outcome {
+        match self
+            .store
+            .finish(&turn.attempt, &turn.session, turn.now)
+            .await
+        {
+            Ok(()) => Outcome::Settled,
+            Err(e) => {
+                tracing::error!(error = %e, msg = %turn.msg_ref, "could not mark the message answered");
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn abandon(&self, turn: &TurnState<'_>) -> Outcome {
+        if let Err(e) = self
+            .store
+            .abandon(&turn.attempt, &turn.progress, &turn.session, turn.now)
+            .await
+        {
+            // The leases expire on their own; the redelivery resumes after that.
+            tracing::error!(error = %e, msg = %turn.msg_ref, "could not release the message");
+        }
+        Outcome::Failed
+    }
+
+    async fn abandon_after(&self, turn: &TurnState<'_>, error: StateError) -> Outcome {
+        match error {
+            StateError::LostLease => Outcome::Failed,
+            _ => self.abandon(turn).await,
+        }
+    }
+
+    fn is_allowed(&self, sender: &Recipient) -> bool {
+        match sender {
+            Recipient::Phone(number) => self.options.allowed_numbers.allows(number),
+            // A username user shows no number, so a closed number list cannot admit them.
+            Recipient::UserId(_) => self.options.allowed_numbers.is_open(),
+        }
+    }
+}
+
+/// One message being answered.
+struct TurnState<'a> {
+    attempt: Attempt<'a>,
+    msg_ref: String,
+    now: u64,
+    session: SessionRecord,
+    progress: Progress,
+}
+
+fn new_session(mode: Mode, now: u64) -> SessionRecord {
+    SessionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        mode,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A short, stable reference to a message for logs: a prefix of its stored hash key.
+fn short_ref(message_id: &str) -> String {
+    let mut key = message_key(message_id);
+    key.truncate(12);
+    key
+}
+
+fn log_status(raw: &str) {
+    let Ok(status) = serde_json::from_str::<Status>(raw) else {
+        tracing::warn!("skipping unreadable status");
+        return;
+    };
+    let recipient = status
+        .recipient_id
+        .as_deref()
+        .or(status.recipient_user_id.as_deref())
+        .map(mask)
+        .unwrap_or_default();
+    let state = status.status.as_deref().unwrap_or("unknown");
+    if state == "failed" {
+        for error in &status.errors {
+            tracing::warn!(to = %recipient, code = ?error.code, title = ?error.title, "outgoing message failed");
+        }
+        if status.errors.is_empty() {
+            tracing::warn!(to = %recipient, "outgoing message failed");
+        }
+    } else {
+        tracing::debug!(to = %recipient, status = state, "status update");
+    }
+}
+
+/// API Gateway stages and Function URLs may prefix the path; the last segment decides.
+fn is_webhook_path(path: &str) -> bool {
+    path == "/" || path.trim_end_matches('/').ends_with("/webhook")
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,9 @@
+//! The webhook: Meta's verification GET, signed POSTs, the payload model and the
+//! pipeline that answers each message.
+
+pub mod handler;
+pub mod payload;
+pub mod signature;
+pub mod verify;
+
+pub use handler::{App, AppOptions, Clock};

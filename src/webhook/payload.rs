@@ -1,0 +1,184 @@
+//! Meta's webhook payload, read leniently: the envelope must be JSON of the right
+//! shape, but one unreadable message, status or change is logged and skipped, so it
+//! cannot hold back the rest of a batch. Unknown fields are ignored.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::graph::Recipient;
+
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default, borrow)]
+    pub entry: Vec<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Entry<'a> {
+    #[serde(default, borrow)]
+    pub changes: Vec<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Change<'a> {
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default, borrow)]
+    pub value: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChangeValue<'a> {
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    #[serde(default, borrow)]
+    pub messages: Vec<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub statuses: Vec<&'a RawValue>,
+    #[serde(default)]
+    pub errors: Vec<GraphError>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphError {
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub recipient_id: Option<String>,
+    #[serde(default)]
+    pub recipient_user_id: Option<String>,
+    #[serde(default)]
+    pub errors: Vec<GraphError>,
+}
+
+/// One inbound message as Meta sends it (the fields this adapter reads).
+#[derive(Debug, Deserialize)]
+pub struct RawMessage {
+    pub id: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub from_user_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub text: Option<TextBody>,
+    #[serde(default)]
+    pub interactive: Option<Interactive>,
+    #[serde(default)]
+    pub button: Option<TemplateButton>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TextBody {
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Interactive {
+    #[serde(default)]
+    pub button_reply: Option<Choice>,
+    #[serde(default)]
+    pub list_reply: Option<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Choice {
+    #[serde(default)]
+    pub title: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TemplateButton {
+    #[serde(default)]
+    pub text: String,
+}
+
+/// What a message asks of the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Text typed by the user, or the title of a button or list choice.
+    Text(String),
+    /// A type this adapter cannot read (image, audio, location...): gets a notice.
+    NonText(String),
+    /// Needs no answer: reactions, `unsupported`, `system`, and unknown shapes.
+    Silent(String),
+}
+
+/// A message after parsing, with its sender resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub id: String,
+    pub sender: Recipient,
+    /// Unix seconds (0 if Meta's string was unreadable).
+    pub timestamp: u64,
+    pub content: Content,
+}
+
+impl RawMessage {
+    /// `None` when the message names no sender at all.
+    pub fn into_inbound(self) -> Option<InboundMessage> {
+        let phone = self
+            .from
+            .map(|f| crate::allowlist::digits(&f))
+            .filter(|d| !d.is_empty());
+        let sender = match (phone, non_empty(self.from_user_id)) {
+            (Some(phone), _) => Recipient::Phone(phone),
+            (None, Some(user_id)) => Recipient::UserId(user_id),
+            (None, None) => return None,
+        };
+        let kind = self.kind.unwrap_or_default();
+        let content = match kind.as_str() {
+            "text" => Content::Text(self.text.map(|t| t.body).unwrap_or_default()),
+            "interactive" => match self.interactive {
+                Some(Interactive {
+                    button_reply: Some(c),
+                    ..
+                })
+                | Some(Interactive {
+                    list_reply: Some(c),
+                    ..
+                }) => Content::Text(c.title),
+                _ => Content::NonText(kind),
+            },
+            "button" => match self.button {
+                Some(b) => Content::Text(b.text),
+                None => Content::NonText(kind),
+            },
+            "reaction" | "unsupported" | "system" | "request_welcome" | "" => Content::Silent(kind),
+            _ => Content::NonText(kind),
+        };
+        Some(InboundMessage {
+            id: self.id,
+            sender,
+            timestamp: self
+                .timestamp
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            content,
+        })
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}

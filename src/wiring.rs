@@ -1,0 +1,79 @@
+//! Build the [`App`] from a validated [`Config`]: every client once, at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, EngineConfig, StateKind};
+use crate::engine::{EchoEngine, Engine, HttpEngine};
+use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
+use crate::state::{MemoryStore, SessionStore, unix_now};
+use crate::webhook::{App, AppOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(String),
+    #[error("state.kind dynamodb is not available in this build yet; fix: use state.kind memory")]
+    StateUnavailable,
+}
+
+/// One HTTP client for the whole process: connection pool and TLS set up once.
+pub fn http_client() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| StartError::HttpClient(e.to_string()))
+}
+
+pub async fn build_app(config: &Config) -> Result<App, StartError> {
+    let client = http_client()?;
+    let w = &config.whatsapp;
+    let messenger: Arc<dyn Messenger> = match &w.access_token {
+        Some(token) => Arc::new(GraphClient::new(
+            client.clone(),
+            &w.graph_api_base,
+            &w.graph_api_version,
+            &w.phone_number_id,
+            token.clone(),
+            RetryPolicy::default(),
+        )),
+        None => {
+            tracing::warn!("no access token configured: replies are logged, not sent (dry run)");
+            Arc::new(DryRunMessenger)
+        }
+    };
+    let engine: Arc<dyn Engine> = match &config.engine {
+        EngineConfig::Echo => Arc::new(EchoEngine),
+        EngineConfig::Http {
+            url,
+            token,
+            timeout,
+        } => Arc::new(HttpEngine::new(
+            client.clone(),
+            url.clone(),
+            token.clone(),
+            *timeout,
+        )),
+    };
+    let store: Arc<dyn SessionStore> = match &config.state.kind {
+        StateKind::Memory => Arc::new(MemoryStore::new(
+            config.state.lease,
+            config.state.session_idle_ttl,
+        )),
+        StateKind::DynamoDb { .. } => return Err(StartError::StateUnavailable),
+    };
+    if w.app_secrets.is_empty() {
+        tracing::warn!(
+            "SIGNATURE CHECK OFF: no app secret and allow_unsigned: true; anyone can POST to this webhook"
+        );
+    }
+    Ok(App::new(
+        AppOptions::from_config(w),
+        store,
+        engine,
+        messenger,
+        Arc::new(unix_now),
+    ))
+}
