@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Regenerate events/*.json: API Gateway HTTP API v2 events wrapping the bodies in
+events/bodies/, signed with the documented test app secret so that they pass the
+X-Hub-Signature-256 check of a local run (`make run`, `make watch`).
+
+Run after changing a body:  python3 scripts/make-events.py
+"""
+import hashlib
+import hmac
+import json
+import pathlib
+
+TEST_APP_SECRET = "whatsapp-webhook-test-secret"
+VERIFY_TOKEN = "local-verify-token"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+
+
+def event(method, query=None, body=None, signature=None):
+    headers = {
+        "host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+        "user-agent": "facebookexternalua",
+    }
+    if body is not None:
+        headers["content-type"] = "application/json"
+    if signature is not None:
+        headers["x-hub-signature-256"] = signature
+    e = {
+        "version": "2.0",
+        "routeKey": f"{method} /webhook",
+        "rawPath": "/webhook",
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abcdef1234",
+            "domainName": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abcdef1234",
+            "http": {
+                "method": method,
+                "path": "/webhook",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "173.252.95.10",
+                "userAgent": "facebookexternalua",
+            },
+            "requestId": "sample-request-id",
+            "routeKey": f"{method} /webhook",
+            "stage": "$default",
+            "time": "27/Nov/2026:16:00:00 +0000",
+            "timeEpoch": 1795795200000,
+        },
+        "isBase64Encoded": False,
+    }
+    if query:
+        e["queryStringParameters"] = dict(query)
+    if body is not None:
+        e["body"] = body
+    return e
+
+
+def sign(body: str) -> str:
+    return "sha256=" + hmac.new(TEST_APP_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def body_of(name: str) -> str:
+    # Compact, as Meta sends it; the signature covers these exact bytes.
+    return json.dumps(json.loads((EVENTS / "bodies" / f"{name}.json").read_text()), separators=(",", ":"), ensure_ascii=False)
+
+
+def main():
+    out = {}
+    verify = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    out["verify-ok"] = (event("GET", verify), 200)
+    out["verify-wrong-token"] = (event("GET", {**verify, "hub.verify_token": "wrong"}), 403)
+    out["verify-missing-params"] = (event("GET", {"hub.mode": "subscribe"}), 400)
+    for name in ["text", "command-new", "command-otr", "long-message", "status-delivered",
+                 "status-failed", "image", "batch-two-entries"]:
+        body = body_of(name)
+        out[name] = (event("POST", body=body, signature=sign(body)), 200)
+    body = body_of("text")
+    out["bad-signature"] = (event("POST", body=body, signature=sign(body + " ")), 403)
+    malformed = '{"object":"whatsapp_business_account","entry":[{'
+    out["malformed-body"] = (event("POST", body=malformed, signature=sign(malformed)), 400)
+
+    expected = []
+    for name, (e, status) in out.items():
+        (EVENTS / f"{name}.json").write_text(json.dumps(e, indent=2, ensure_ascii=False) + "\n")
+        expected.append(f"{name} {status}")
+    (EVENTS / "expected-status.txt").write_text(
+        "# event file, HTTP status a local run (test secret, echo engine) answers\n" + "\n".join(expected) + "\n")
+
+
+if __name__ == "__main__":
+    main()

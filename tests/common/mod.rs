@@ -1,0 +1,299 @@
+//! Test harness: the real [`App`] with a wiremock server standing in for both the
+//! Graph API and the HTTP engine (one server, so the order of their calls is visible),
+//! memory state, and signed Meta-shaped payloads from `tests/fixtures/` (copies of
+//! the shapes Meta documents).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use serde_json::{Value, json};
+use whatsapp_webhook::allowlist::AllowList;
+use whatsapp_webhook::config::Secret;
+use whatsapp_webhook::engine::{Engine, HttpEngine};
+use whatsapp_webhook::graph::{GraphClient, Messenger, RetryPolicy};
+use whatsapp_webhook::state::{MemoryStore, SessionStore};
+use whatsapp_webhook::webhook::signature::sign;
+use whatsapp_webhook::webhook::{App, AppOptions};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const APP_SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+pub const ACCESS_TOKEN: &str = "test-access-token";
+pub const PHONE_NUMBER_ID: &str = "123456123456123";
+pub const MESSAGES_PATH: &str = "/v21.0/123456123456123/messages";
+pub const ENGINE_PATH: &str = "/engine/reply";
+
+/// A shared clock tests can move forward.
+#[derive(Clone)]
+pub struct TestClock(pub Arc<AtomicU64>);
+
+impl TestClock {
+    pub fn new() -> Self {
+        TestClock(Arc::new(AtomicU64::new(1_795_795_200)))
+    }
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub fn options() -> AppOptions {
+    AppOptions {
+        phone_number_id: PHONE_NUMBER_ID.into(),
+        verify_token: Secret::new(VERIFY_TOKEN),
+        app_secrets: vec![Secret::new(APP_SECRET)],
+        allowed_numbers: AllowList::default(),
+        read_receipts: true,
+        unsupported_reply: true,
+        sender_wait: Duration::from_secs(5),
+        max_part_units: 4096,
+    }
+}
+
+pub struct Harness {
+    pub app: Arc<App>,
+    pub server: MockServer,
+    pub store: Arc<dyn SessionStore>,
+    pub clock: TestClock,
+}
+
+pub struct HarnessBuilder {
+    options: AppOptions,
+    store: Option<Arc<dyn SessionStore>>,
+    engine: Option<Arc<dyn Engine>>,
+    retry: RetryPolicy,
+    clock: TestClock,
+    server: Option<MockServer>,
+}
+
+impl HarnessBuilder {
+    pub fn options(mut self, f: impl FnOnce(&mut AppOptions)) -> Self {
+        f(&mut self.options);
+        self
+    }
+    pub fn store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    pub fn engine(mut self, engine: Arc<dyn Engine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+    pub fn clock(mut self, clock: TestClock) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Reuse a mock server (its mocks and recorded requests), e.g. across a "restart".
+    pub fn server(mut self, server: MockServer) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    pub async fn build(self) -> Harness {
+        let server = match self.server {
+            Some(s) => s,
+            None => MockServer::start().await,
+        };
+        let client = reqwest::Client::new();
+        let messenger: Arc<dyn Messenger> = Arc::new(GraphClient::new(
+            client.clone(),
+            &server.uri(),
+            "v21.0",
+            PHONE_NUMBER_ID,
+            Secret::new(ACCESS_TOKEN),
+            self.retry,
+        ));
+        let engine = self.engine.unwrap_or_else(|| {
+            Arc::new(HttpEngine::new(
+                client,
+                format!("{}{ENGINE_PATH}", server.uri()),
+                Some(Secret::new("engine-token")),
+                Duration::from_secs(5),
+            ))
+        });
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(MemoryStore::new(Duration::from_secs(40), Duration::from_secs(720 * 3600)))
+        });
+        let clock = self.clock.clone();
+        let app = App::new(
+            self.options,
+            store.clone(),
+            engine,
+            messenger,
+            Arc::new(move || clock.now()),
+        );
+        Harness {
+            app: Arc::new(app),
+            server,
+            store,
+            clock: self.clock,
+        }
+    }
+}
+
+impl Harness {
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder {
+            options: options(),
+            store: None,
+            engine: None,
+            retry: RetryPolicy::NONE,
+            clock: TestClock::new(),
+            server: None,
+        }
+    }
+
+    /// A harness whose Graph API accepts everything and whose engine echoes "echo: <text>".
+    pub async fn start() -> Harness {
+        let h = Harness::builder().build().await;
+        h.graph_accepts().await;
+        h.engine_echoes().await;
+        h
+    }
+
+    pub async fn graph_accepts(&self) {
+        Mock::given(method("POST"))
+            .and(path(MESSAGES_PATH))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"messaging_product":"whatsapp","messages":[{"id":"wamid.OUT"}]}),
+            ))
+            .mount(&self.server)
+            .await;
+    }
+
+    pub async fn engine_echoes(&self) {
+        Mock::given(method("POST"))
+            .and(path(ENGINE_PATH))
+            .respond_with(|req: &wiremock::Request| {
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let text = body["text"].as_str().unwrap_or_default();
+                ResponseTemplate::new(200).set_body_json(json!({"reply": format!("echo: {text}")}))
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    pub async fn engine_replies(&self, reply: &str) {
+        Mock::given(method("POST"))
+            .and(path(ENGINE_PATH))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"reply": reply})))
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Send a signed POST with `body` through the handler.
+    pub async fn post(&self, body: &[u8]) -> Response<Bytes> {
+        let request = Request::post("/webhook")
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sign(APP_SECRET, body))
+            .body(Bytes::copy_from_slice(body))
+            .expect("valid request");
+        self.app.handle(request).await
+    }
+
+    pub async fn post_json(&self, body: &Value) -> Response<Bytes> {
+        self.post(&serde_json::to_vec(body).expect("serialisable")).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Response<Bytes> {
+        let request = Request::get(uri).body(Bytes::new()).expect("valid request");
+        self.app.handle(request).await
+    }
+
+    /// Every request the mock server got, as (path, JSON body), in arrival order.
+    pub async fn calls(&self) -> Vec<(String, Value)> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                (r.url.path().to_string(), body)
+            })
+            .collect()
+    }
+
+    /// Bodies of the text messages sent through the Graph API, in order.
+    pub async fn sent_texts(&self) -> Vec<Value> {
+        self.calls()
+            .await
+            .into_iter()
+            .filter(|(p, b)| p == MESSAGES_PATH && b["type"] == "text")
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    /// Just the text bodies sent.
+    pub async fn sent_bodies(&self) -> Vec<String> {
+        self.sent_texts()
+            .await
+            .iter()
+            .map(|b| b["text"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// What the engine was asked, in order.
+    pub async fn engine_calls(&self) -> Vec<Value> {
+        self.calls()
+            .await
+            .into_iter()
+            .filter(|(p, _)| p == ENGINE_PATH)
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    pub async fn read_receipts(&self) -> Vec<Value> {
+        self.calls()
+            .await
+            .into_iter()
+            .filter(|(p, b)| p == MESSAGES_PATH && b["status"] == "read")
+            .map(|(_, b)| b)
+            .collect()
+    }
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+/// A Meta-shaped body from `tests/fixtures/`.
+pub fn fixture(name: &str) -> Value {
+    let path = fixture_path(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+/// A one-message text payload from `from`, with message id `id`.
+pub fn text_message(from: &str, id: &str, body: &str) -> Value {
+    let mut payload = fixture("text.json");
+    let message = &mut payload["entry"][0]["changes"][0]["value"]["messages"][0];
+    message["from"] = json!(from);
+    message["id"] = json!(id);
+    message["text"]["body"] = json!(body);
+    payload["entry"][0]["changes"][0]["value"]["contacts"][0]["wa_id"] = json!(from);
+    payload
+}
+
+pub fn status(response: &Response<Bytes>) -> u16 {
+    response.status().as_u16()
+}
+
+pub fn body_text(response: &Response<Bytes>) -> String {
+    String::from_utf8_lossy(response.body()).into_owned()
+}

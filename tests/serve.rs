@@ -1,0 +1,168 @@
+//! The binary and the local server as a user meets them: start-up errors, real
+//! HTTP on a socket, body limits.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use whatsapp_webhook::allowlist::AllowList;
+use whatsapp_webhook::config::Secret;
+use whatsapp_webhook::engine::EchoEngine;
+use whatsapp_webhook::graph::DryRunMessenger;
+use whatsapp_webhook::server::{MAX_BODY_BYTES, serve};
+use whatsapp_webhook::state::{MemoryStore, unix_now};
+use whatsapp_webhook::webhook::{App, AppOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_whatsapp-webhook");
+
+fn run_with_config(yaml: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run binary");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn assert_one_line_naming(stderr: &str, field: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line, got: {stderr}");
+    assert!(lines[0].contains(field), "names {field}: {stderr}");
+    assert!(lines[0].contains("fix:"), "says the fix: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn bad_config_stops_with_one_line_naming_the_field() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        (
+            "channels: {whatsapp: {verify_token: v, allow_unsigned: true}}",
+            &[],
+            "phone_number_id",
+        ),
+        (
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: '', allow_unsigned: true}}",
+            &[],
+            "verify_token",
+        ),
+        (
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, access_token_env: MY_TOKEN, allow_unsigned: true}}",
+            &[],
+            "MY_TOKEN",
+        ),
+        (
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\nengine: {kind: gpt}",
+            &[],
+            "engine.kind",
+        ),
+        (
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, webhook_port: http}}",
+            &[],
+            "webhook_port",
+        ),
+    ];
+    for (yaml, envs, field) in cases {
+        let (code, stderr) = run_with_config(yaml, envs);
+        assert_eq!(code, Some(1), "{yaml}: {stderr}");
+        assert_one_line_naming(&stderr, field);
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_startup_errors() {
+    let (code, stderr) = run_with_config(
+        "channels: {whatsapp: {phone_number_id: '1', verify_token: super-secret-verify, allow_unsigned: true}}\nengine: {kind: http}",
+        &[("WHATSAPP_ACCESS_TOKEN", "EAAG-secret-token")],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("engine.url"), "{stderr}");
+    assert!(!stderr.contains("super-secret-verify") && !stderr.contains("EAAG-secret-token"));
+}
+
+async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
+    let app = App::new(
+        AppOptions {
+            phone_number_id: "123456123456123".into(),
+            verify_token: Secret::new("tok"),
+            app_secrets: vec![Secret::new("s")],
+            allowed_numbers: AllowList::default(),
+            read_receipts: false,
+            unsupported_reply: true,
+            sender_wait: Duration::from_secs(1),
+            max_part_units: 4096,
+        },
+        Arc::new(MemoryStore::new(Duration::from_secs(40), Duration::from_secs(3600))),
+        Arc::new(EchoEngine),
+        Arc::new(DryRunMessenger),
+        Arc::new(unix_now),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let _ = serve(Arc::new(app), listener).await;
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn local_server_answers_verify_over_http() {
+    let (url, task) = start_server().await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "42");
+    task.abort();
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_and_server_keeps_serving() {
+    let (url, task) = start_server().await;
+    let client = reqwest::Client::new();
+    let big = vec![b'a'; MAX_BODY_BYTES + 1];
+    let r = client.post(&url).body(big).send().await.expect("request");
+    assert_eq!(r.status().as_u16(), 413);
+    // A chunked body without Content-Length is cut off at the limit too.
+    assert_eq!(chunked_post_status(&url, MAX_BODY_BYTES + 1024 * 1024).await, 413);
+    let r = client
+        .get(format!("{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=7"))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(r.status().as_u16(), 200);
+    task.abort();
+}
+
+/// POST `total` bytes with chunked transfer encoding over a raw socket; the status line's code.
+async fn chunked_post_status(url: &str, total: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches("/webhook");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("POST /webhook HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if stream.write_all(&frame).await.is_err() {
+            break; // the server stopped reading: its answer is waiting
+        }
+        sent += chunk.len();
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = vec![0u8; 128];
+    let n = stream.read(&mut response).await.expect("read status");
+    let line = String::from_utf8_lossy(&response[..n]).to_string();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
