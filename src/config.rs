@@ -106,6 +106,12 @@ pub enum EngineConfig {
         token: Option<Secret>,
         timeout: Duration,
     },
+    /// OpenParallax over its web server's WebSocket (`ws(s)://HOST:PORT/api/ws`).
+    OpenParallax {
+        url: String,
+        password: Option<Secret>,
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +172,7 @@ pub struct RawEngine {
     pub kind: Option<String>,
     pub url: Option<String>,
     pub token_env: Option<String>,
+    pub password_env: Option<String>,
     pub timeout_secs: Option<u64>,
 }
 
@@ -220,6 +227,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ENGINE_KIND", "engine.kind"),
     ("ENGINE_URL", "engine.url"),
     ("ENGINE_TOKEN_ENV", "engine.token_env"),
+    ("ENGINE_PASSWORD_ENV", "engine.password_env"),
     ("ENGINE_TIMEOUT_SECS", "engine.timeout_secs"),
     ("STATE_KIND", "state.kind"),
     ("TABLE_NAME", "state.table"),
@@ -279,6 +287,7 @@ impl RawConfig {
         set_string(&mut e.kind, get("ENGINE_KIND"));
         set_string(&mut e.url, get("ENGINE_URL"));
         set_string(&mut e.token_env, get("ENGINE_TOKEN_ENV"));
+        set_string(&mut e.password_env, get("ENGINE_PASSWORD_ENV"));
         if let Some(v) = get("ENGINE_TIMEOUT_SECS") {
             e.timeout_secs = Some(parse_u64("ENGINE_TIMEOUT_SECS", &v)?);
         }
@@ -453,26 +462,39 @@ fn validate_engine(
                 )
             })?;
             check_url("engine.url", &url, &["http", "https"])?;
-            let token = match non_empty(e.token_env) {
-                None => None,
-                Some(name) => Some(Secret::new(non_empty(env(&name)).ok_or_else(|| {
-                    ConfigError::new(
-                        "engine.token_env",
-                        format!("names the environment variable {name}, which is not set"),
-                        format!("export {name}=<engine bearer token>, or remove token_env"),
-                    )
-                })?)),
-            };
+            let token =
+                secret_from_env("engine.token_env", e.token_env, "engine bearer token", env)?;
             Ok(EngineConfig::Http {
                 url,
                 token,
                 timeout,
             })
         }
+        "openparallax" => {
+            let url = non_empty(e.url).ok_or_else(|| {
+                ConfigError::new(
+                    "engine.url",
+                    "is missing for engine kind openparallax",
+                    "set the engine's WebSocket URL, e.g. ws://127.0.0.1:3100/api/ws (or ENGINE_URL)",
+                )
+            })?;
+            check_url("engine.url", &url, &["ws", "wss", "http", "https"])?;
+            let password = secret_from_env(
+                "engine.password_env",
+                e.password_env,
+                "OpenParallax web password",
+                env,
+            )?;
+            Ok(EngineConfig::OpenParallax {
+                url,
+                password,
+                timeout,
+            })
+        }
         other => Err(ConfigError::new(
             "engine.kind",
             format!("unknown engine kind {other:?}"),
-            "use echo or http",
+            "use echo, http or openparallax",
         )),
     }
 }
@@ -532,6 +554,29 @@ fn validate_state(s: RawState, mode: RunMode) -> Result<StateConfig, ConfigError
         session_idle_ttl: Duration::from_secs(hours * 3600),
         lease: Duration::from_secs(lease_secs),
     })
+}
+
+/// The secret held by the environment variable that `field` names, if it names one.
+fn secret_from_env(
+    field: &str,
+    name: Option<String>,
+    what: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some(name) = non_empty(name) else {
+        return Ok(None);
+    };
+    match non_empty(env(&name)) {
+        Some(value) => Ok(Some(Secret::new(value))),
+        None => Err(ConfigError::new(
+            field,
+            format!("names the environment variable {name}, which is not set"),
+            format!(
+                "export {name}=<{what}>, or remove {}",
+                field.rsplit('.').next().unwrap_or(field)
+            ),
+        )),
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -755,6 +800,30 @@ engine:
         ]);
         let err = load(None, RunMode::Lambda, &env).unwrap_err();
         assert_eq!(err.field, "channels.whatsapp.access_token_env");
+    }
+
+    #[test]
+    fn openparallax_engine_needs_url_and_its_password_env() {
+        let base =
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\n";
+        let err = load_with(&format!("{base}engine: {{kind: openparallax}}"), &[]).unwrap_err();
+        assert_eq!(err.field, "engine.url");
+        let yaml = format!(
+            "{base}engine: {{kind: openparallax, url: 'ws://10.0.0.5:3100/api/ws', password_env: OP_PASS}}"
+        );
+        let err = load_with(&yaml, &[]).unwrap_err();
+        assert_eq!(err.field, "engine.password_env");
+        assert!(err.to_string().contains("OP_PASS"));
+        let cfg = load_with(&yaml, &[("OP_PASS", "pw")]).unwrap();
+        assert!(
+            matches!(cfg.engine, EngineConfig::OpenParallax { ref password, .. } if password.is_some())
+        );
+        let err = load_with(
+            &format!("{base}engine: {{kind: openparallax, url: 'ftp://x'}}"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "engine.url");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, EngineConfig, StateKind};
-use crate::engine::{EchoEngine, Engine, HttpEngine};
+use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
 use crate::state::{MemoryStore, SessionStore, unix_now};
 use crate::webhook::{App, AppOptions};
@@ -54,6 +54,16 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             client.clone(),
             url.clone(),
             token.clone(),
+            *timeout,
+        )),
+        EngineConfig::OpenParallax {
+            url,
+            password,
+            timeout,
+        } => Arc::new(OpenParallaxEngine::new(
+            client.clone(),
+            url.clone(),
+            password.clone(),
             *timeout,
         )),
     };

@@ -29,7 +29,10 @@ fn run_with_config(yaml: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
         command.env(k, v);
     }
     let output = command.output().expect("run binary");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn assert_one_line_naming(stderr: &str, field: &str) {
@@ -42,7 +45,9 @@ fn assert_one_line_naming(stderr: &str, field: &str) {
 
 #[test]
 fn bad_config_stops_with_one_line_naming_the_field() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (YAML, environment, the field the error line must name)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "channels: {whatsapp: {verify_token: v, allow_unsigned: true}}",
             &[],
@@ -99,12 +104,17 @@ async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
             sender_wait: Duration::from_secs(1),
             max_part_units: 4096,
         },
-        Arc::new(MemoryStore::new(Duration::from_secs(40), Duration::from_secs(3600))),
+        Arc::new(MemoryStore::new(
+            Duration::from_secs(40),
+            Duration::from_secs(3600),
+        )),
         Arc::new(EchoEngine),
         Arc::new(DryRunMessenger),
         Arc::new(unix_now),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
         let _ = serve(Arc::new(app), listener).await;
@@ -117,7 +127,9 @@ async fn local_server_answers_verify_over_http() {
     let (url, task) = start_server().await;
     let client = reqwest::Client::new();
     let r = client
-        .get(format!("{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42"))
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42"
+        ))
         .send()
         .await
         .expect("request");
@@ -134,9 +146,14 @@ async fn oversized_body_is_413_and_server_keeps_serving() {
     let r = client.post(&url).body(big).send().await.expect("request");
     assert_eq!(r.status().as_u16(), 413);
     // A chunked body without Content-Length is cut off at the limit too.
-    assert_eq!(chunked_post_status(&url, MAX_BODY_BYTES + 1024 * 1024).await, 413);
+    assert_eq!(
+        chunked_post_status(&url, MAX_BODY_BYTES + 1024 * 1024).await,
+        413
+    );
     let r = client
-        .get(format!("{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=7"))
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=7"
+        ))
         .send()
         .await
         .expect("still serving");
@@ -147,9 +164,12 @@ async fn oversized_body_is_413_and_server_keeps_serving() {
 /// POST `total` bytes with chunked transfer encoding over a raw socket; the status line's code.
 async fn chunked_post_status(url: &str, total: usize) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.trim_start_matches("http://").trim_end_matches("/webhook");
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/webhook");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!("POST /webhook HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head =
+        format!("POST /webhook HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("write head");
     let chunk = vec![b'a'; 64 * 1024];
     let mut sent = 0;
@@ -164,5 +184,8 @@ async fn chunked_post_status(url: &str, total: usize) -> u16 {
     let mut response = vec![0u8; 128];
     let n = stream.read(&mut response).await.expect("read status");
     let line = String::from_utf8_lossy(&response[..n]).to_string();
-    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

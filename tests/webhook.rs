@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use whatsapp_webhook::allowlist::AllowList;
-use whatsapp_webhook::commands::{HELP_TEXT, NEW_SESSION_TEXT, OTR_SESSION_TEXT, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT};
+use whatsapp_webhook::commands::{
+    HELP_TEXT, NEW_SESSION_TEXT, OTR_SESSION_TEXT, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT,
+};
 use whatsapp_webhook::graph::RetryPolicy;
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -20,21 +22,32 @@ use wiremock::{Mock, ResponseTemplate};
 async fn verify_get_answers_the_challenge_as_plain_text() {
     let h = Harness::start().await;
     let r = h
-        .get(&format!("/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"))
+        .get(&format!(
+            "/webhook?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"
+        ))
         .await;
     assert_eq!(status(&r), 200);
     assert_eq!(body_text(&r), "1158201444");
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
 }
 
 #[tokio::test]
 async fn verify_get_refuses_wrong_token_and_mode() {
     let h = Harness::start().await;
-    let r = h.get("/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1").await;
+    let r = h
+        .get("/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1")
+        .await;
     assert_eq!(status(&r), 403);
     assert_ne!(body_text(&r), "1");
     let r = h
-        .get(&format!("/webhook?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"))
+        .get(&format!(
+            "/webhook?hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"
+        ))
         .await;
     assert_eq!(status(&r), 403);
 }
@@ -53,7 +66,11 @@ async fn other_paths_and_methods_are_refused() {
     assert_eq!(status(&h.get("/other").await), 404);
     let r = h
         .app
-        .handle(http::Request::put("/webhook").body(bytes::Bytes::new()).unwrap())
+        .handle(
+            http::Request::put("/webhook")
+                .body(bytes::Bytes::new())
+                .unwrap(),
+        )
         .await;
     assert_eq!(status(&r), 405);
 }
@@ -64,10 +81,15 @@ async fn other_paths_and_methods_are_refused() {
 async fn post_without_signature_is_401_and_nothing_happens() {
     let h = Harness::start().await;
     let body = serde_json::to_vec(&fixture("text.json")).unwrap();
-    let request = http::Request::post("/webhook").body(bytes::Bytes::from(body)).unwrap();
+    let request = http::Request::post("/webhook")
+        .body(bytes::Bytes::from(body))
+        .unwrap();
     let r = h.app.handle(request).await;
     assert_eq!(status(&r), 401);
-    assert!(h.calls().await.is_empty(), "nothing may be processed or sent");
+    assert!(
+        h.calls().await.is_empty(),
+        "nothing may be processed or sent"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +118,10 @@ async fn rotated_app_secrets_both_verify() {
         .await;
     h.graph_accepts().await;
     h.engine_echoes().await;
-    assert_eq!(status(&h.post_json(&fixture("status-delivered.json")).await), 200);
+    assert_eq!(
+        status(&h.post_json(&fixture("status-delivered.json")).await),
+        200
+    );
 }
 
 // ------------------------------------------------------------------ bad bodies
@@ -171,7 +196,10 @@ async fn graph_and_engine_get_their_bearer_tokens() {
     let h = Harness::builder().build().await;
     Mock::given(method("POST"))
         .and(path(MESSAGES_PATH))
-        .and(header("authorization", format!("Bearer {ACCESS_TOKEN}").as_str()))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
         .respond_with(ResponseTemplate::new(200))
         .expect(2) // read receipt + reply
         .mount(&h.server)
@@ -220,12 +248,18 @@ async fn failing_read_receipt_does_not_block_the_reply() {
     h.graph_accepts().await;
     h.engine_echoes().await;
     assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
-    assert_eq!(h.sent_bodies().await, vec!["echo: What time do you open tomorrow?"]);
+    assert_eq!(
+        h.sent_bodies().await,
+        vec!["echo: What time do you open tomorrow?"]
+    );
 }
 
 #[tokio::test]
 async fn read_receipts_can_be_turned_off() {
-    let h = Harness::builder().options(|o| o.read_receipts = false).build().await;
+    let h = Harness::builder()
+        .options(|o| o.read_receipts = false)
+        .build()
+        .await;
     h.graph_accepts().await;
     h.engine_echoes().await;
     h.post_json(&fixture("text.json")).await;
@@ -238,10 +272,18 @@ async fn batch_of_entries_and_messages_is_answered_in_order() {
     let h = Harness::start().await;
     let r = h.post_json(&fixture("batch-two-entries.json")).await;
     assert_eq!(status(&r), 200);
-    let asked: Vec<Value> = h.engine_calls().await.iter().map(|c| c["text"].clone()).collect();
+    let asked: Vec<Value> = h
+        .engine_calls()
+        .await
+        .iter()
+        .map(|c| c["text"].clone())
+        .collect();
     assert_eq!(asked, vec![json!("one"), json!("two")]);
     let sent = h.sent_texts().await;
-    let to: Vec<&str> = sent.iter().map(|s| s["to"].as_str().unwrap_or_default()).collect();
+    let to: Vec<&str> = sent
+        .iter()
+        .map(|s| s["to"].as_str().unwrap_or_default())
+        .collect();
     assert_eq!(to, vec!["15557654321", "447700900555"]);
     assert_eq!(h.sent_bodies().await, vec!["echo: one", "echo: two"]);
 }
@@ -250,11 +292,15 @@ async fn batch_of_entries_and_messages_is_answered_in_order() {
 async fn each_sender_gets_an_own_session() {
     let h = Harness::start().await;
     h.post_json(&fixture("batch-two-entries.json")).await;
-    h.post_json(&text_message("15557654321", "wamid.B1", "again")).await;
+    h.post_json(&text_message("15557654321", "wamid.B1", "again"))
+        .await;
     let calls = h.engine_calls().await;
     assert_eq!(calls.len(), 3);
     assert_ne!(calls[0]["session_id"], calls[1]["session_id"]);
-    assert_eq!(calls[0]["session_id"], calls[2]["session_id"], "same sender keeps its session");
+    assert_eq!(
+        calls[0]["session_id"], calls[2]["session_id"],
+        "same sender keeps its session"
+    );
 }
 
 #[tokio::test]
@@ -280,7 +326,9 @@ async fn long_reply_is_split_and_sent_in_order_within_the_limit() {
     let h = Harness::builder().build().await;
     h.graph_accepts().await;
     let paragraph = "Paragraph with emoji 😀 and words. ".repeat(40);
-    let paragraphs: Vec<String> = (0..10).map(|i| format!("{i}: {}", paragraph.trim())).collect();
+    let paragraphs: Vec<String> = (0..10)
+        .map(|i| format!("{i}: {}", paragraph.trim()))
+        .collect();
     let reply = paragraphs.join("\n\n");
     assert!(reply.encode_utf16().count() > 3 * 4096);
     h.engine_replies(&reply).await;
@@ -291,7 +339,10 @@ async fn long_reply_is_split_and_sent_in_order_within_the_limit() {
         assert!(part.encode_utf16().count() <= 4096);
         // Cut at paragraph boundaries: every part is whole paragraphs.
         for p in part.split("\n\n") {
-            assert!(paragraphs.iter().any(|q| q == p), "part cut inside a paragraph");
+            assert!(
+                paragraphs.iter().any(|q| q == p),
+                "part cut inside a paragraph"
+            );
         }
     }
     assert_eq!(parts.join("\n\n"), reply);
@@ -309,7 +360,10 @@ async fn non_text_message_gets_the_text_only_notice() {
 
 #[tokio::test]
 async fn non_text_notice_can_be_turned_off() {
-    let h = Harness::builder().options(|o| o.unsupported_reply = false).build().await;
+    let h = Harness::builder()
+        .options(|o| o.unsupported_reply = false)
+        .build()
+        .await;
     h.graph_accepts().await;
     assert_eq!(status(&h.post_json(&fixture("image.json")).await), 200);
     assert!(h.calls().await.is_empty());
@@ -341,7 +395,10 @@ async fn button_reply_is_taken_as_text() {
 #[tokio::test]
 async fn username_user_without_phone_is_answered_by_user_id() {
     let h = Harness::start().await;
-    assert_eq!(status(&h.post_json(&fixture("bsuid-username-text.json")).await), 200);
+    assert_eq!(
+        status(&h.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
     let sent = h.sent_texts().await;
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["recipient"], "US.11112222333344445555");
@@ -353,7 +410,8 @@ async fn username_user_without_phone_is_answered_by_user_id() {
 async fn other_phone_number_id_is_ignored() {
     let h = Harness::start().await;
     let mut body = fixture("text.json");
-    body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = json!("999999999999999");
+    body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] =
+        json!("999999999999999");
     assert_eq!(status(&h.post_json(&body).await), 200);
     assert!(h.calls().await.is_empty());
 }
@@ -385,7 +443,10 @@ async fn closed_allow_list_drops_username_users() {
         .await;
     h.graph_accepts().await;
     h.engine_echoes().await;
-    assert_eq!(status(&h.post_json(&fixture("bsuid-username-text.json")).await), 200);
+    assert_eq!(
+        status(&h.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
     assert!(h.calls().await.is_empty());
 }
 
@@ -402,9 +463,14 @@ async fn commands_confirm_and_never_reach_the_engine() {
     .iter()
     .enumerate()
     {
-        let r = h.post_json(&text_message("15557654321", &format!("wamid.C{i}"), text)).await;
+        let r = h
+            .post_json(&text_message("15557654321", &format!("wamid.C{i}"), text))
+            .await;
         assert_eq!(status(&r), 200);
-        assert_eq!(h.sent_bodies().await.last().map(String::as_str), Some(*reply));
+        assert_eq!(
+            h.sent_bodies().await.last().map(String::as_str),
+            Some(*reply)
+        );
     }
     assert!(h.engine_calls().await.is_empty());
 }
@@ -416,13 +482,17 @@ async fn otr_then_new_switch_mode_and_session() {
     h.post_json(&text_message(from, "wamid.1", "hello")).await;
     h.post_json(&text_message(from, "wamid.2", "/otr")).await;
     h.post_json(&text_message(from, "wamid.3", "secret")).await;
-    h.post_json(&text_message(from, "wamid.4", "more secret")).await;
+    h.post_json(&text_message(from, "wamid.4", "more secret"))
+        .await;
     h.post_json(&text_message(from, "wamid.5", "/new")).await;
     h.post_json(&text_message(from, "wamid.6", "public")).await;
     let calls = h.engine_calls().await;
     let modes: Vec<&str> = calls.iter().map(|c| c["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, vec!["normal", "otr", "otr", "normal"]);
-    let ids: Vec<&str> = calls.iter().map(|c| c["session_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = calls
+        .iter()
+        .map(|c| c["session_id"].as_str().unwrap())
+        .collect();
     assert_ne!(ids[0], ids[1], "/otr starts a new session");
     assert_eq!(ids[1], ids[2], "OTR session lasts until /new");
     assert_ne!(ids[2], ids[3], "/new starts a new session");
@@ -440,7 +510,10 @@ async fn idle_session_expires() {
     h.post_json(&text_message(from, "wamid.3", "c")).await;
     let calls = h.engine_calls().await;
     assert_eq!(calls[0]["session_id"], calls[1]["session_id"]);
-    assert_ne!(calls[1]["session_id"], calls[2]["session_id"], "idle for longer than the TTL");
+    assert_ne!(
+        calls[1]["session_id"], calls[2]["session_id"],
+        "idle for longer than the TTL"
+    );
 }
 
 // ------------------------------------------------------------------ exactly once (memory state)
@@ -466,9 +539,17 @@ async fn engine_failure_sends_the_notice_once_and_keeps_the_message() {
         .mount(&h.server)
         .await;
     let body = fixture("text.json");
-    assert_eq!(status(&h.post_json(&body).await), 500, "Meta must redeliver");
+    assert_eq!(
+        status(&h.post_json(&body).await),
+        500,
+        "Meta must redeliver"
+    );
     assert_eq!(status(&h.post_json(&body).await), 500);
-    assert_eq!(h.sent_bodies().await, vec![UNAVAILABLE_TEXT], "the notice goes out once");
+    assert_eq!(
+        h.sent_bodies().await,
+        vec![UNAVAILABLE_TEXT],
+        "the notice goes out once"
+    );
     h.engine_replies("recovered").await;
     assert_eq!(status(&h.post_json(&body).await), 200);
     assert_eq!(h.sent_bodies().await, vec![UNAVAILABLE_TEXT, "recovered"]);
@@ -517,7 +598,8 @@ fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
                 )
                 .is_ok()
         {
-            ResponseTemplate::new(500).set_body_json(json!({"error":{"code":131000,"fbtrace_id":"TRACE"}}))
+            ResponseTemplate::new(500)
+                .set_body_json(json!({"error":{"code":131000,"fbtrace_id":"TRACE"}}))
         } else {
             ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
         }
@@ -526,13 +608,17 @@ fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
 
 #[tokio::test]
 async fn graph_failure_mid_reply_resumes_without_duplicates_or_engine_call() {
-    let h = Harness::builder().options(|o| o.max_part_units = 20).build().await;
+    let h = Harness::builder()
+        .options(|o| o.max_part_units = 20)
+        .build()
+        .await;
     Mock::given(method("POST"))
         .and(path(MESSAGES_PATH))
         .respond_with(fail_part("Part two", 1))
         .mount(&h.server)
         .await;
-    h.engine_replies("Part one is here.\n\nPart two is here.\n\nPart three is here.").await;
+    h.engine_replies("Part one is here.\n\nPart two is here.\n\nPart three is here.")
+        .await;
     let body = fixture("text.json");
     assert_eq!(status(&h.post_json(&body).await), 500);
     assert_eq!(status(&h.post_json(&body).await), 200);
@@ -549,9 +635,18 @@ async fn graph_failure_mid_reply_resumes_without_duplicates_or_engine_call() {
     // Part two was attempted twice (refused once), every part accepted exactly once.
     assert_eq!(
         accepted,
-        vec!["Part one is here.", "Part two is here.", "Part two is here.", "Part three is here."]
+        vec![
+            "Part one is here.",
+            "Part two is here.",
+            "Part two is here.",
+            "Part three is here."
+        ]
     );
-    assert_eq!(h.engine_calls().await.len(), 1, "the stored reply is resumed, not re-asked");
+    assert_eq!(
+        h.engine_calls().await.len(),
+        1,
+        "the stored reply is resumed, not re-asked"
+    );
     // Settled now: a third delivery sends nothing.
     assert_eq!(status(&h.post_json(&body).await), 200);
     assert_eq!(h.sent_texts().await.len(), 4);
@@ -604,7 +699,11 @@ async fn concurrent_messages_of_one_sender_never_overlap_at_the_engine() {
     // A slow engine: overlapping turns would both be in flight at once.
     Mock::given(method("POST"))
         .and(path(ENGINE_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"reply":"ok"})).set_delay(Duration::from_millis(150)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"reply":"ok"}))
+                .set_delay(Duration::from_millis(150)),
+        )
         .mount(&h.server)
         .await;
     let a = text_message("15557654321", "wamid.A", "first");

@@ -7,9 +7,16 @@ use serde::{Deserialize, Serialize};
 
 pub mod echo;
 pub mod http;
+pub mod openparallax;
 
 pub use echo::EchoEngine;
 pub use http::HttpEngine;
+pub use openparallax::OpenParallaxEngine;
+
+/// Told to the user, in front of the reply, when an engine had to ask for an
+/// approval that can only be given in the OpenParallax app (Tier 3).
+pub const APPROVAL_NOTICE: &str =
+    "This action needs approval in the OpenParallax app before I can continue.";
 
 /// Conversation mode of a session. `Otr` (Off-The-Record) means nothing of the
 /// conversation may be stored anywhere.

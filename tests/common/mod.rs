@@ -124,7 +124,10 @@ impl HarnessBuilder {
             ))
         });
         let store = self.store.unwrap_or_else(|| {
-            Arc::new(MemoryStore::new(Duration::from_secs(40), Duration::from_secs(720 * 3600)))
+            Arc::new(MemoryStore::new(
+                Duration::from_secs(40),
+                Duration::from_secs(720 * 3600),
+            ))
         });
         let clock = self.clock.clone();
         let app = App::new(
@@ -204,7 +207,8 @@ impl Harness {
     }
 
     pub async fn post_json(&self, body: &Value) -> Response<Bytes> {
-        self.post(&serde_json::to_vec(body).expect("serialisable")).await
+        self.post(&serde_json::to_vec(body).expect("serialisable"))
+            .await
     }
 
     pub async fn get(&self, uri: &str) -> Response<Bytes> {
@@ -275,7 +279,8 @@ pub fn fixture_path(name: &str) -> PathBuf {
 /// A Meta-shaped body from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Value {
     let path = fixture_path(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
