@@ -30,7 +30,10 @@ fn local_app() -> App {
             sender_wait: Duration::from_secs(1),
             max_part_units: 4096,
         },
-        Arc::new(MemoryStore::new(Duration::from_secs(40), Duration::from_secs(3600))),
+        Arc::new(MemoryStore::new(
+            Duration::from_secs(40),
+            Duration::from_secs(3600),
+        )),
         Arc::new(EchoEngine),
         Arc::new(DryRunMessenger),
         Arc::new(unix_now),
@@ -38,7 +41,8 @@ fn local_app() -> App {
 }
 
 fn expected() -> Vec<(String, u16)> {
-    let text = std::fs::read_to_string(events_dir().join("expected-status.txt")).expect("expected-status.txt");
+    let text = std::fs::read_to_string(events_dir().join("expected-status.txt"))
+        .expect("expected-status.txt");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
@@ -52,10 +56,15 @@ fn expected() -> Vec<(String, u16)> {
 async fn every_event_answers_its_documented_status() {
     let app = local_app();
     let cases = expected();
-    assert!(cases.len() >= 13, "events/expected-status.txt lists every event");
+    assert!(
+        cases.len() >= 13,
+        "events/expected-status.txt lists every event"
+    );
     for (name, want) in cases {
-        let json = std::fs::read_to_string(events_dir().join(format!("{name}.json"))).expect("event file");
-        let request = lambda_http::request::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let json =
+            std::fs::read_to_string(events_dir().join(format!("{name}.json"))).expect("event file");
+        let request =
+            lambda_http::request::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
         let response = lambda_handler(&app, request).await.expect("infallible");
         assert_eq!(response.status().as_u16(), want, "event {name}");
         if name == "verify-ok" {
@@ -74,7 +83,10 @@ async fn every_event_file_is_listed() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "json") {
             let stem = path.file_stem().unwrap().to_string_lossy().to_string();
-            assert!(listed.contains(&stem), "{stem}.json is not in expected-status.txt");
+            assert!(
+                listed.contains(&stem),
+                "{stem}.json is not in expected-status.txt"
+            );
         }
     }
 }
