@@ -22,7 +22,7 @@ impl AllowList {
             if d.is_empty() {
                 return Err(entry.clone());
             }
-            numbers.insert(d);
+            numbers.insert(canonical_number(&d));
         }
         Ok(AllowList { numbers })
     }
@@ -33,7 +33,7 @@ impl AllowList {
     }
 
     pub fn allows(&self, number: &str) -> bool {
-        self.is_open() || self.numbers.contains(&digits(number))
+        self.is_open() || self.numbers.contains(&canonical_number(&digits(number)))
     }
 
     pub fn len(&self) -> usize {
@@ -48,6 +48,21 @@ impl AllowList {
 /// The ASCII digits of `s`, in order.
 pub fn digits(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// One form per subscriber for numbers that WhatsApp reports in two forms: Brazil's
+/// mobile numbers with and without the ninth digit (`55 DD 9XXXXXXXX` / `55 DD XXXXXXXX`)
+/// and Mexico's with and without the `1` after the country code (`52 1 …` / `52 …`).
+/// The shorter form is canonical. Takes digits only.
+pub fn canonical_number(digits: &str) -> String {
+    let b = digits.as_bytes();
+    if b.len() == 13 && digits.starts_with("55") && b[4] == b'9' {
+        return format!("{}{}", &digits[..4], &digits[5..]);
+    }
+    if b.len() == 13 && digits.starts_with("521") {
+        return format!("52{}", &digits[3..]);
+    }
+    digits.to_string()
 }
 
 /// A number safe to log: the first four and last four characters with `***` between
@@ -86,6 +101,21 @@ mod tests {
     #[test]
     fn entry_without_digits_is_rejected() {
         assert_eq!(AllowList::parse(&["abc".into()]).unwrap_err(), "abc");
+    }
+
+    #[test]
+    fn brazil_and_mexico_numbers_match_with_and_without_the_extra_digit() {
+        assert_eq!(canonical_number("5511987654321"), "551187654321");
+        assert_eq!(canonical_number("551187654321"), "551187654321");
+        assert_eq!(canonical_number("5215512345678"), "525512345678");
+        assert_eq!(canonical_number("525512345678"), "525512345678");
+        assert_eq!(canonical_number("16505551234"), "16505551234");
+        let list =
+            AllowList::parse(&["+55 11 98765-4321".into(), "+52 55 1234 5678".into()]).unwrap();
+        assert!(list.allows("551187654321"));
+        assert!(list.allows("5511987654321"));
+        assert!(list.allows("5215512345678"));
+        assert!(!list.allows("5511987654320"));
     }
 
     #[test]

@@ -22,10 +22,19 @@ pub enum Recipient {
 }
 
 impl Recipient {
-    /// The id state is keyed by and logs mask.
+    /// The address as Meta gave it (what logs mask).
     pub fn key(&self) -> &str {
         match self {
             Recipient::Phone(d) | Recipient::UserId(d) => d,
+        }
+    }
+
+    /// The key state is kept under: one per person, so the two forms of a Brazilian
+    /// or Mexican number share a session.
+    pub fn state_key(&self) -> String {
+        match self {
+            Recipient::Phone(d) => crate::allowlist::canonical_number(d),
+            Recipient::UserId(id) => id.clone(),
         }
     }
 }

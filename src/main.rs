@@ -4,14 +4,17 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use whatsapp_webhook::config::{self, Config, LOCAL_DEFAULTS_YAML, RunMode};
+use whatsapp_webhook::config::{self, Config, LOCAL_DEFAULTS_YAML, RunMode, StateKind};
+use whatsapp_webhook::state::dynamodb::{create_table, dynamo_client};
 use whatsapp_webhook::{server, wiring};
 
 const USAGE: &str = "usage: whatsapp-webhook serve [--config FILE]\n\
+       whatsapp-webhook create-table [--config FILE]\n\
        (with AWS_LAMBDA_RUNTIME_API set, runs as a Lambda function; WHATSAPP_CONFIG=FILE names the config)";
 
 enum Command {
     Serve { config_path: Option<String> },
+    CreateTable { config_path: Option<String> },
     Lambda,
     Help,
 }
@@ -26,21 +29,28 @@ fn parse_args() -> Result<Command, String> {
         });
     };
     match first.as_str() {
-        "serve" => {
-            let mut config_path = None;
-            while let Some(arg) = args.next() {
-                match arg.as_str() {
-                    "--config" | "-c" => {
-                        config_path = Some(args.next().ok_or("--config needs a file name")?);
-                    }
-                    other => return Err(format!("unknown argument {other:?}")),
-                }
-            }
-            Ok(Command::Serve { config_path })
-        }
+        "serve" => Ok(Command::Serve {
+            config_path: config_flag(args)?,
+        }),
+        "create-table" => Ok(Command::CreateTable {
+            config_path: config_flag(args)?,
+        }),
         "-h" | "--help" | "help" => Ok(Command::Help),
         other => Err(format!("unknown command {other:?}")),
     }
+}
+
+fn config_flag(mut args: impl Iterator<Item = String>) -> Result<Option<String>, String> {
+    let mut config_path = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                config_path = Some(args.next().ok_or("--config needs a file name")?);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(config_path)
 }
 
 fn env(name: &str) -> Option<String> {
@@ -108,6 +118,13 @@ async fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::CreateTable { config_path } => {
+            init_logging(false);
+            match run_create_table(config_path).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Command::Lambda => {
             init_logging(true);
             match run_lambda().await {
@@ -138,6 +155,25 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
     server::serve(app, listener)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Create the DynamoDB table of `state.table` (idempotent).
+async fn run_create_table(config_path: Option<String>) -> Result<(), String> {
+    let config = load_config(config_path, RunMode::Serve)?;
+    let StateKind::DynamoDb {
+        table,
+        endpoint_url,
+    } = &config.state.kind
+    else {
+        return Err("config: state.kind: is memory, so there is no table to create; fix: set state.kind: dynamodb and state.table".into());
+    };
+    let client = dynamo_client(endpoint_url.as_deref()).await;
+    match create_table(&client, table).await {
+        Ok(true) => println!("created table {table} (key pk, TTL on ttl)"),
+        Ok(false) => println!("table {table} already exists; TTL on ttl is enabled"),
+        Err(e) => return Err(format!("could not create table {table}: {e}")),
+    }
+    Ok(())
 }
 
 async fn run_lambda() -> Result<(), String> {

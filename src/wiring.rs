@@ -6,15 +6,14 @@ use std::time::Duration;
 use crate::config::{Config, EngineConfig, StateKind};
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
-use crate::state::{MemoryStore, SessionStore, unix_now};
+use crate::state::dynamodb::dynamo_client;
+use crate::state::{DynamoStore, MemoryStore, SessionStore, unix_now};
 use crate::webhook::{App, AppOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("could not build the HTTP client: {0}")]
     HttpClient(String),
-    #[error("state.kind dynamodb is not available in this build yet; fix: use state.kind memory")]
-    StateUnavailable,
 }
 
 /// One HTTP client for the whole process: connection pool and TLS set up once.
@@ -72,7 +71,15 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             config.state.lease,
             config.state.session_idle_ttl,
         )),
-        StateKind::DynamoDb { .. } => return Err(StartError::StateUnavailable),
+        StateKind::DynamoDb {
+            table,
+            endpoint_url,
+        } => Arc::new(DynamoStore::new(
+            dynamo_client(endpoint_url.as_deref()).await,
+            table.clone(),
+            config.state.lease,
+            config.state.session_idle_ttl,
+        )),
     };
     if w.app_secrets.is_empty() {
         tracing::warn!(

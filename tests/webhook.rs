@@ -728,3 +728,45 @@ async fn concurrent_messages_of_one_sender_never_overlap_at_the_engine() {
         .collect();
     assert_eq!(kinds, vec!["engine", "send", "engine", "send"]);
 }
+
+#[tokio::test]
+async fn brazil_number_in_both_forms_is_one_sender() {
+    let h = Harness::builder()
+        .options(|o| o.allowed_numbers = AllowList::parse(&["+55 11 98765-4321".into()]).unwrap())
+        .build()
+        .await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    h.post_json(&text_message("5511987654321", "wamid.BR1", "with nine"))
+        .await;
+    h.post_json(&text_message("551187654321", "wamid.BR2", "without nine"))
+        .await;
+    let calls = h.engine_calls().await;
+    assert_eq!(calls.len(), 2, "both forms pass the allow-list");
+    assert_eq!(
+        calls[0]["session_id"], calls[1]["session_id"],
+        "one session for both forms"
+    );
+    let to: Vec<Value> = h
+        .sent_texts()
+        .await
+        .iter()
+        .map(|s| s["to"].clone())
+        .collect();
+    assert_eq!(
+        to,
+        vec![json!("5511987654321"), json!("551187654321")],
+        "replies go to the number as Meta gave it"
+    );
+}
+
+#[tokio::test]
+async fn batched_messages_are_answered_in_timestamp_order() {
+    let h = Harness::start().await;
+    let mut body = fixture("batch-two-entries.json");
+    let messages = &mut body["entry"][0]["changes"][0]["value"]["messages"];
+    messages[0]["timestamp"] = json!("1764240500");
+    messages[1]["timestamp"] = json!("1764240499");
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(h.sent_bodies().await, vec!["echo: two", "echo: one"]);
+}

@@ -13,8 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::Mode;
 
+pub mod dynamodb;
 pub mod memory;
 
+pub use dynamodb::DynamoStore;
 pub use memory::MemoryStore;
 
 /// How long a message id is remembered: longer than Meta's 7-day redelivery window.

@@ -168,7 +168,9 @@ impl App {
                 );
             }
         };
-        let messages = self.collect_messages(&envelope);
+        let mut messages = self.collect_messages(&envelope);
+        // Meta may batch several messages of one sender: answer them in the order written.
+        messages.sort_by_key(|m| m.timestamp);
         let mut worst = Outcome::Settled;
         for message in &messages {
             worst = worst.max(self.process(message).await);
@@ -253,6 +255,7 @@ impl App {
 
     async fn process(&self, message: &InboundMessage) -> Outcome {
         let sender = message.sender.key();
+        let state_key = message.sender.state_key();
         let msg_ref = short_ref(&message.id);
         if !self.is_allowed(&message.sender) {
             tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers");
@@ -276,7 +279,7 @@ impl App {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let attempt = Attempt {
             message_id: &message.id,
-            sender,
+            sender: &state_key,
             token: &token,
         };
         let (session, progress) = match self.begin(&attempt).await {

@@ -60,7 +60,7 @@ pub fn options() -> AppOptions {
 
 pub struct Harness {
     pub app: Arc<App>,
-    pub server: MockServer,
+    pub server: Arc<MockServer>,
     pub store: Arc<dyn SessionStore>,
     pub clock: TestClock,
 }
@@ -71,7 +71,7 @@ pub struct HarnessBuilder {
     engine: Option<Arc<dyn Engine>>,
     retry: RetryPolicy,
     clock: TestClock,
-    server: Option<MockServer>,
+    server: Option<Arc<MockServer>>,
 }
 
 impl HarnessBuilder {
@@ -96,7 +96,7 @@ impl HarnessBuilder {
         self
     }
     /// Reuse a mock server (its mocks and recorded requests), e.g. across a "restart".
-    pub fn server(mut self, server: MockServer) -> Self {
+    pub fn server(mut self, server: Arc<MockServer>) -> Self {
         self.server = Some(server);
         self
     }
@@ -104,7 +104,7 @@ impl HarnessBuilder {
     pub async fn build(self) -> Harness {
         let server = match self.server {
             Some(s) => s,
-            None => MockServer::start().await,
+            None => Arc::new(MockServer::start().await),
         };
         let client = reqwest::Client::new();
         let messenger: Arc<dyn Messenger> = Arc::new(GraphClient::new(

@@ -1,0 +1,462 @@
+//! Sessions, OTR and exactly-once replies through the webhook handler, with the
+//! DynamoDB store against a real DynamoDB-protocol server (moto_server).
+
+mod common;
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
+use aws_sdk_dynamodb::error::BoxError;
+use common::*;
+use serde_json::{Value, json};
+use whatsapp_webhook::commands::UNAVAILABLE_TEXT;
+use whatsapp_webhook::state::{Attempt, Begin, DynamoStore, SessionStore};
+use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+const LEASE: Duration = Duration::from_secs(40);
+const IDLE: Duration = Duration::from_secs(720 * 3600);
+
+struct Table {
+    moto: Arc<moto::MotoServer>,
+    name: String,
+}
+
+impl Table {
+    async fn fresh() -> Table {
+        let moto = moto::shared();
+        let name = moto::fresh_table(&moto::client(&moto.endpoint)).await;
+        Table { moto, name }
+    }
+
+    /// A store with its own client, as a new process would build it.
+    fn store(&self) -> Arc<DynamoStore> {
+        Arc::new(DynamoStore::new(
+            moto::client(&self.moto.endpoint),
+            self.name.clone(),
+            LEASE,
+            IDLE,
+        ))
+    }
+
+    async fn harness(&self) -> Harness {
+        let h = Harness::builder().store(self.store()).build().await;
+        h.graph_accepts().await;
+        h.engine_echoes().await;
+        h
+    }
+
+    /// Every attribute value in the table, rendered as text.
+    async fn dump(&self) -> String {
+        let out = moto::client(&self.moto.endpoint)
+            .scan()
+            .table_name(&self.name)
+            .send()
+            .await
+            .expect("scan");
+        format!("{:?}", out.items())
+    }
+}
+
+#[tokio::test]
+async fn session_and_otr_mode_survive_a_new_process() {
+    let table = Table::fresh().await;
+    let from = "15557654321";
+    let first = table.harness().await;
+    first
+        .post_json(&text_message(from, "wamid.P1", "hello"))
+        .await;
+    let session = first.engine_calls().await[0]["session_id"].clone();
+
+    // A new process: new client, new app, same table, same Graph/engine stub.
+    let second = Harness::builder()
+        .store(table.store())
+        .server(first.server.clone())
+        .build()
+        .await;
+    second
+        .post_json(&text_message(from, "wamid.P2", "still me"))
+        .await;
+    let calls = second.engine_calls().await;
+    assert_eq!(
+        calls[1]["session_id"], session,
+        "the session survived the restart"
+    );
+
+    second
+        .post_json(&text_message(from, "wamid.P3", "/otr"))
+        .await;
+    let third = Harness::builder()
+        .store(table.store())
+        .server(second.server.clone())
+        .build()
+        .await;
+    third
+        .post_json(&text_message(from, "wamid.P4", "psst"))
+        .await;
+    third
+        .post_json(&text_message(from, "wamid.P5", "/new"))
+        .await;
+    third
+        .post_json(&text_message(from, "wamid.P6", "back"))
+        .await;
+    let calls = third.engine_calls().await;
+    let modes: Vec<&str> = calls.iter().map(|c| c["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, vec!["normal", "normal", "otr", "normal"]);
+    assert_ne!(calls[2]["session_id"], session);
+    assert_ne!(calls[3]["session_id"], calls[2]["session_id"]);
+}
+
+#[tokio::test]
+async fn duplicate_delivery_is_answered_once() {
+    let table = Table::fresh().await;
+    let h = table.harness().await;
+    let body = fixture("text.json");
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(h.engine_calls().await.len(), 1);
+    assert_eq!(h.sent_texts().await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_deliveries_are_answered_once() {
+    let table = Table::fresh().await;
+    let h = Harness::builder().store(table.store()).build().await;
+    h.graph_accepts().await;
+    Mock::given(method("POST"))
+        .and(path(ENGINE_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"reply":"once"}))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&h.server)
+        .await;
+    // Two instances (two stores, two apps) get the same delivery at once.
+    let other = Harness::builder()
+        .store(table.store())
+        .server(h.server.clone())
+        .build()
+        .await;
+    let body = fixture("text.json");
+    let (a, b) = tokio::join!(h.post_json(&body), other.post_json(&body));
+    let mut statuses = vec![status(&a), status(&b)];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 503],
+        "the second holder is told to come back later"
+    );
+    assert_eq!(h.sent_bodies().await, vec!["once"]);
+    // Meta's redelivery of the 503 finds the message answered.
+    assert_eq!(status(&other.post_json(&body).await), 200);
+    assert_eq!(h.sent_bodies().await, vec!["once"]);
+    assert_eq!(h.engine_calls().await.len(), 1);
+}
+
+/// Graph responder that fails text sends containing `needle`, `times` times.
+fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
+    let left = Arc::new(AtomicUsize::new(times));
+    move |req: &wiremock::Request| {
+        let body = String::from_utf8_lossy(&req.body);
+        if body.contains(needle)
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"error":{"code":131000,"fbtrace_id":"T"}}))
+        } else {
+            ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
+        }
+    }
+}
+
+#[tokio::test]
+async fn graph_failing_on_part_two_of_three_then_recovering_sends_each_part_once() {
+    let table = Table::fresh().await;
+    let h = Harness::builder()
+        .store(table.store())
+        .options(|o| o.max_part_units = 20)
+        .build()
+        .await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(fail_part("Part two", 1))
+        .mount(&h.server)
+        .await;
+    h.engine_replies("Part one is here.\n\nPart two is here.\n\nPart three is here.")
+        .await;
+    let body = fixture("text.json");
+    assert_eq!(
+        status(&h.post_json(&body).await),
+        500,
+        "Meta must redeliver"
+    );
+    // The pending reply is stored (normal mode) while the message is unanswered.
+    assert!(table.dump().await.contains("Part two is here."));
+    // A new process takes the redelivery.
+    let again = Harness::builder()
+        .store(table.store())
+        .server(h.server.clone())
+        .options(|o| o.max_part_units = 20)
+        .build()
+        .await;
+    assert_eq!(status(&again.post_json(&body).await), 200);
+    let accepted: Vec<String> = h
+        .server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .filter(|b| b["type"] == "text")
+        .map(|b| b["text"]["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        accepted,
+        vec![
+            "Part one is here.",
+            "Part two is here.",
+            "Part two is here.",
+            "Part three is here."
+        ]
+    );
+    assert_eq!(
+        h.engine_calls().await.len(),
+        1,
+        "the stored reply is resumed, not re-asked"
+    );
+    assert!(
+        !table.dump().await.contains("Part"),
+        "no reply text is kept once answered"
+    );
+    assert_eq!(status(&again.post_json(&body).await), 200);
+    assert_eq!(again.sent_texts().await.len(), 4);
+}
+
+#[tokio::test]
+async fn engine_failure_then_recovery_answers_once_with_one_notice() {
+    let table = Table::fresh().await;
+    let h = Harness::builder().store(table.store()).build().await;
+    h.graph_accepts().await;
+    Mock::given(method("POST"))
+        .and(path(ENGINE_PATH))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .mount(&h.server)
+        .await;
+    let body = fixture("text.json");
+    assert_eq!(status(&h.post_json(&body).await), 500);
+    h.engine_replies("back again").await;
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(h.sent_bodies().await, vec![UNAVAILABLE_TEXT, "back again"]);
+}
+
+#[tokio::test]
+async fn permanent_graph_error_settles_without_a_retry_loop() {
+    let table = Table::fresh().await;
+    let h = Harness::builder().store(table.store()).build().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(body_partial_json(json!({"type":"text"})))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"error":{"code":131047,"fbtrace_id":"AbC"}})),
+        )
+        .mount(&h.server)
+        .await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    let body = fixture("text.json");
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(h.sent_texts().await.len(), 1);
+    assert_eq!(h.engine_calls().await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_concurrent_messages_of_one_number_never_overlap_at_the_engine() {
+    let table = Table::fresh().await;
+    let h = Harness::builder().store(table.store()).build().await;
+    h.graph_accepts().await;
+    Mock::given(method("POST"))
+        .and(path(ENGINE_PATH))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"reply":"ok"}))
+                .set_delay(Duration::from_millis(200)),
+        )
+        .mount(&h.server)
+        .await;
+    // Two instances, one message each, same sender, at the same time.
+    let other = Harness::builder()
+        .store(table.store())
+        .server(h.server.clone())
+        .build()
+        .await;
+    let a = text_message("15557654321", "wamid.A", "first");
+    let b = text_message("15557654321", "wamid.B", "second");
+    let (ra, rb) = tokio::join!(h.post_json(&a), other.post_json(&b));
+    assert_eq!((status(&ra), status(&rb)), (200, 200));
+    let kinds: Vec<&str> = h
+        .calls()
+        .await
+        .iter()
+        .filter(|(_, b)| b["status"] != "read")
+        .map(|(p, _)| if p == ENGINE_PATH { "engine" } else { "send" })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        kinds,
+        vec!["engine", "send", "engine", "send"],
+        "turns never overlap"
+    );
+}
+
+#[tokio::test]
+async fn otr_conversation_leaves_no_text_in_the_table() {
+    let table = Table::fresh().await;
+    let h = Harness::builder()
+        .store(table.store())
+        .options(|o| o.max_part_units = 24)
+        .build()
+        .await;
+    // Part two fails once, so an OTR reply is pending at one point: it must not be stored.
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(fail_part("zebra", 1))
+        .mount(&h.server)
+        .await;
+    h.engine_replies("ostrich ostrich ostrich.\n\nzebra zebra zebra zebra.")
+        .await;
+    let from = "15557654321";
+    h.post_json(&text_message(from, "wamid.O1", "/otr")).await;
+    assert_eq!(
+        status(
+            &h.post_json(&text_message(from, "wamid.O2", "my secret diary"))
+                .await
+        ),
+        500
+    );
+    let during = table.dump().await;
+    assert_eq!(
+        status(
+            &h.post_json(&text_message(from, "wamid.O2", "my secret diary"))
+                .await
+        ),
+        200
+    );
+    let after = table.dump().await;
+    for dump in [during, after] {
+        for word in ["secret diary", "ostrich", "zebra", "wamid.O"] {
+            assert!(!dump.contains(word), "table holds {word:?}: {dump}");
+        }
+        assert!(dump.contains("otr"), "the mode itself is stored");
+    }
+    // OTR replies are not stored, so the redelivery asked the engine again.
+    assert_eq!(h.engine_calls().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_dead_holder_is_overtaken_after_its_lease() {
+    let table = Table::fresh().await;
+    let h = table.harness().await;
+    let body = fixture("text.json");
+    // An earlier delivery claimed the message and died (no finish, no abandon).
+    let store = table.store();
+    let dead = Attempt {
+        message_id: "wamid.SAMPLE.text.0001",
+        sender: "15557654321",
+        token: "dead",
+    };
+    assert!(matches!(
+        store.begin(&dead, h.clock.now()).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+    assert_eq!(
+        status(&h.post_json(&body).await),
+        503,
+        "held: Meta must come back later"
+    );
+    assert!(h.sent_texts().await.is_empty());
+    h.clock.advance(LEASE.as_secs() + 1);
+    assert_eq!(
+        status(&h.post_json(&body).await),
+        200,
+        "lease expired: the redelivery resumes"
+    );
+    assert_eq!(h.sent_texts().await.len(), 1);
+}
+
+#[tokio::test]
+async fn unavailable_dynamodb_gives_500_and_sends_nothing() {
+    let closed = moto::free_port();
+    let store = Arc::new(DynamoStore::new(
+        moto::client(&format!("http://127.0.0.1:{closed}")),
+        "t".into(),
+        LEASE,
+        IDLE,
+    ));
+    let h = Harness::builder().store(store).build().await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 500);
+    assert!(
+        h.engine_calls().await.is_empty(),
+        "no engine call without a claim"
+    );
+    assert!(h.sent_texts().await.is_empty(), "no reply without a claim");
+}
+
+#[derive(Debug, Clone, Default)]
+struct CountRequests(Arc<AtomicUsize>);
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+    fn read_before_execution(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_ordinary_text_message_costs_three_dynamodb_requests() {
+    let table = Table::fresh().await;
+    let counter = CountRequests::default();
+    let client = Client::from_conf(
+        moto::config_builder(&table.moto.endpoint)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let store = Arc::new(DynamoStore::new(client, table.name.clone(), LEASE, IDLE));
+    let h = Harness::builder().store(store).build().await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        status(
+            &h.post_json(&text_message("15557654321", "wamid.N2", "next"))
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        6,
+        "an existing session costs the same"
+    );
+}

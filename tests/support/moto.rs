@@ -1,0 +1,138 @@
+//! moto_server harness for integration tests that talk to DynamoDB.
+//!
+//! Include it from a test file with
+//! `#[path = "support/moto.rs"] mod moto;`
+//! (a path module, not `tests/support/mod.rs`, so cargo does not build it as a test
+//! target of its own). `scripts/ensure-moto.sh` (run by `make test`) installs
+//! moto_server into the project's `.venv`.
+//!
+//! [`shared`] hands out one moto process to all tests of a binary that run at the
+//! same time; it is killed when the last of them drops its handle. Each test uses its
+//! own table ([`fresh_table`]), so tests never see each other's items.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+
+pub struct MotoServer {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl MotoServer {
+    /// Start moto_server on a free local port and wait until it answers HTTP.
+    pub fn start() -> MotoServer {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let binary = root.join(".venv/bin/moto_server");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `make test` or `scripts/ensure-moto.sh` to install moto_server",
+            binary.display()
+        );
+        let port = free_port();
+        // moto's own server applies concurrent writes to one item without a lock;
+        // this launcher serialises requests, as DynamoDB's per-item atomicity needs.
+        let child = Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("scripts/moto-serialized.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", binary.display()));
+        let mut server = MotoServer {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_ready(port);
+        server
+    }
+
+    fn wait_ready(&mut self, port: u16) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("moto_server exited during start-up: {status}");
+            }
+            if answers_http(addr) {
+                return;
+            }
+            // Polling interval while the Python process starts, not a synchronisation.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("moto_server did not answer on {addr} within 30 s");
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The moto process shared by the tests running now; a new one when none is left.
+pub fn shared() -> Arc<MotoServer> {
+    static CURRENT: Mutex<Weak<MotoServer>> = Mutex::new(Weak::new());
+    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(server) = current.upgrade() {
+        return server;
+    }
+    let server = Arc::new(MotoServer::start());
+    *current = Arc::downgrade(&server);
+    server
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn answers_http(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/"
+}
+
+/// SDK config for `endpoint`: static test credentials and us-east-1, as tests have no
+/// AWS environment; timeouts and retries as in production.
+pub fn config_builder(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .timeout_config(whatsapp_webhook::state::dynamodb::timeout_config())
+        .retry_config(whatsapp_webhook::state::dynamodb::retry_config())
+}
+
+pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(config_builder(endpoint).build())
+}
+
+/// A new table with a unique name, created the way production creates it.
+pub async fn fresh_table(client: &aws_sdk_dynamodb::Client) -> String {
+    let table = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let created = whatsapp_webhook::state::dynamodb::create_table(client, &table)
+        .await
+        .expect("create_table");
+    assert!(created, "a fresh table must be reported as created");
+    table
+}
