@@ -118,3 +118,26 @@ async fn engine_that_refuses_connections_gives_the_notice() {
     assert_eq!(status(&h.post_json(&fixture("text.json")).await), 500);
     assert_eq!(h.sent_bodies().await, vec![UNAVAILABLE_TEXT]);
 }
+
+#[tokio::test]
+async fn tier3_approval_is_announced_at_once_and_the_final_reply_follows() {
+    let fake = Fake::start(|session| {
+        vec![
+            tier3(session),
+            token(session, "working"),
+            tier3(session),
+            complete(session, "Done: the config was changed."),
+        ]
+    })
+    .await;
+    let h = harness_with(&fake, 4096).await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    assert_eq!(
+        h.sent_bodies().await,
+        vec![
+            whatsapp_webhook::engine::APPROVAL_NOTICE.to_string(),
+            "Done: the config was changed.".to_string()
+        ],
+        "one notice, sent before the reply, and not repeated in it"
+    );
+}

@@ -74,8 +74,23 @@ impl EngineError {
     }
 }
 
+/// Where an engine puts messages for the user that cannot wait for the reply
+/// (e.g. "this action needs approval"); the handler sends them as they come.
+pub type Notices = tokio::sync::mpsc::UnboundedSender<String>;
+
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Ask the engine for its reply to one turn. An empty string means "no reply".
     async fn reply(&self, turn: &Turn<'_>) -> Result<String, EngineError>;
+
+    /// [`Engine::reply`], with interim messages for the user sent to `notices` while
+    /// the engine works. Engines that have none need not override it.
+    async fn reply_with_notices(
+        &self,
+        turn: &Turn<'_>,
+        notices: &Notices,
+    ) -> Result<String, EngineError> {
+        let _ = notices;
+        self.reply(turn).await
+    }
 }

@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{APPROVAL_NOTICE, Engine, EngineError, Mode, Turn};
+use super::{APPROVAL_NOTICE, Engine, EngineError, Mode, Notices, Turn};
 use crate::config::Secret;
 
 /// Name of the engine's session cookie.
@@ -163,7 +163,12 @@ impl OpenParallaxEngine {
         }
     }
 
-    async fn turn(&self, turn: &Turn<'_>, endpoints: &Endpoints) -> Result<Reply, EngineError> {
+    async fn turn(
+        &self,
+        turn: &Turn<'_>,
+        endpoints: &Endpoints,
+        notices: Option<&Notices>,
+    ) -> Result<Reply, EngineError> {
         let cookie = self.cookie(endpoints, None).await?;
         let mut socket = match self.upgrade(endpoints, cookie.as_ref()).await? {
             Upgrade::Open(socket) => socket,
@@ -198,7 +203,7 @@ impl OpenParallaxEngine {
             EngineError::Unreachable(format!("could not send the message to the engine: {e}"))
         })?;
 
-        let text = read_reply(&mut socket, turn.session_id).await?;
+        let text = read_reply(&mut socket, turn.session_id, notices).await?;
         Ok(Reply { socket, text })
     }
 
@@ -308,12 +313,26 @@ struct Reply {
 #[async_trait]
 impl Engine for OpenParallaxEngine {
     async fn reply(&self, turn: &Turn<'_>) -> Result<String, EngineError> {
+        self.run(turn, None).await
+    }
+
+    async fn reply_with_notices(
+        &self,
+        turn: &Turn<'_>,
+        notices: &Notices,
+    ) -> Result<String, EngineError> {
+        self.run(turn, Some(notices)).await
+    }
+}
+
+impl OpenParallaxEngine {
+    async fn run(&self, turn: &Turn<'_>, notices: Option<&Notices>) -> Result<String, EngineError> {
         let endpoints = self
             .endpoints
             .as_ref()
             .map_err(|e| EngineError::Unreachable(e.clone()))?;
         let Reply { mut socket, text } =
-            match tokio::time::timeout(self.timeout, self.turn(turn, endpoints)).await {
+            match tokio::time::timeout(self.timeout, self.turn(turn, endpoints, notices)).await {
                 Ok(outcome) => outcome?,
                 // Dropping the socket closes it; the engine then cancels the run.
                 Err(_) => return Err(EngineError::Timeout(self.timeout)),
@@ -324,11 +343,17 @@ impl Engine for OpenParallaxEngine {
     }
 }
 
-/// Read events until the final one for `session_id`; the reply text, with the
-/// approval notice in front when the engine asked for a Tier 3 approval.
-async fn read_reply(socket: &mut Socket, session_id: &str) -> Result<String, EngineError> {
+/// Read events until the final one for `session_id`. A Tier 3 approval request is
+/// announced through `notices` at once; without a channel the notice goes in front
+/// of the reply text instead.
+async fn read_reply(
+    socket: &mut Socket,
+    session_id: &str,
+    notices: Option<&Notices>,
+) -> Result<String, EngineError> {
     let mut tokens = String::new();
     let mut approval_requested = false;
+    let mut prepend_notice = false;
     // Pings are answered by tungstenite itself while reading.
     while let Some(message) = socket.next().await {
         let message = message.map_err(|e| {
@@ -351,7 +376,19 @@ async fn read_reply(socket: &mut Socket, session_id: &str) -> Result<String, Eng
                     tokens.push_str(&text);
                 }
             }
-            "tier3_approval_required" if ours => approval_requested = true,
+            "tier3_approval_required" if ours => match notices {
+                Some(channel) => {
+                    if !approval_requested {
+                        let _ = channel.send(APPROVAL_NOTICE.to_string());
+                    }
+                    approval_requested = true;
+                    prepend_notice = false;
+                }
+                None => {
+                    approval_requested = true;
+                    prepend_notice = true;
+                }
+            },
             "response_complete" if ours => {
                 let event =
                     CompleteEvent::deserialize(&value).map_err(|e| bad("response_complete", e))?;
@@ -364,7 +401,7 @@ async fn read_reply(socket: &mut Socket, session_id: &str) -> Result<String, Eng
                 } else {
                     content
                 };
-                return Ok(with_notice(text, approval_requested));
+                return Ok(with_notice(text, prepend_notice));
             }
             // An error without a session id is about our request itself.
             "error" if ours || envelope.session_id.as_deref().is_none_or(str::is_empty) => {

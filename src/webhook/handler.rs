@@ -18,7 +18,7 @@ use super::verify::{Verification, verify_subscription};
 use crate::allowlist::{AllowList, mask};
 use crate::commands::{Command, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT};
 use crate::config::{Secret, WhatsAppConfig};
-use crate::engine::{Engine, Mode, Turn};
+use crate::engine::{Engine, EngineError, Mode, Turn};
 use crate::graph::{Messenger, Recipient, SendError};
 use crate::split::{MAX_PART_UTF16, split_reply};
 use crate::state::{
@@ -377,7 +377,7 @@ impl App {
             from: to.key(),
             message_id: turn.attempt.message_id,
         };
-        match self.engine.reply(&request).await {
+        match self.ask_engine(&request, to, &turn.msg_ref).await {
             Ok(reply) => Ok(split_reply(&reply, self.options.max_part_units)),
             Err(e) => {
                 let transient = e.is_transient();
@@ -395,6 +395,28 @@ impl App {
                     Err(self.abandon(turn).await)
                 } else {
                     Err(self.finish(turn).await)
+                }
+            }
+        }
+    }
+
+    /// Ask the engine, sending its interim notices to the user while it works.
+    async fn ask_engine(
+        &self,
+        request: &Turn<'_>,
+        to: &Recipient,
+        msg_ref: &str,
+    ) -> Result<String, EngineError> {
+        let (notices, mut pending) = tokio::sync::mpsc::unbounded_channel();
+        let reply = self.engine.reply_with_notices(request, &notices);
+        tokio::pin!(reply);
+        loop {
+            tokio::select! {
+                result = &mut reply => return result,
+                Some(notice) = pending.recv() => {
+                    if let Err(e) = self.messenger.send_text(to, &notice).await {
+                        tracing::warn!(error = %e, msg = %msg_ref, "could not send an interim notice");
+                    }
                 }
             }
         }
