@@ -33,7 +33,12 @@ impl AllowList {
     }
 
     pub fn allows(&self, number: &str) -> bool {
-        self.is_open() || self.numbers.contains(&canonical_number(&digits(number)))
+        self.is_open() || self.contains(number)
+    }
+
+    /// Whether `number` is listed (an empty list lists no one).
+    pub fn contains(&self, number: &str) -> bool {
+        self.numbers.contains(&canonical_number(&digits(number)))
     }
 
     pub fn len(&self) -> usize {

@@ -86,6 +86,10 @@ pub struct WhatsAppConfig {
     pub verify_token: Secret,
     pub webhook_port: u16,
     pub allowed_numbers: AllowList,
+    /// Username users (no phone number) let in by their business-scoped user id.
+    pub allowed_user_ids: Vec<String>,
+    /// Quote the user's message in the first part of the reply.
+    pub reply_threading: bool,
     /// Any of these verifies `X-Hub-Signature-256` (several while rotating).
     pub app_secrets: Vec<Secret>,
     /// Signature check off: only with `allow_unsigned: true` and no app secret.
@@ -158,6 +162,8 @@ pub struct RawWhatsApp {
     pub verify_token: Option<String>,
     pub webhook_port: Option<u16>,
     pub allowed_numbers: Option<Vec<String>>,
+    pub allowed_user_ids: Option<Vec<String>>,
+    pub reply_threading: Option<bool>,
     pub app_secret_env: Option<String>,
     pub allow_unsigned: Option<bool>,
     pub graph_api_base: Option<String>,
@@ -270,6 +276,12 @@ impl RawConfig {
         }
         if let Some(v) = get("WHATSAPP_ALLOWED_NUMBERS") {
             w.allowed_numbers = Some(v.split(',').map(str::to_string).collect());
+        }
+        if let Some(v) = get("WHATSAPP_ALLOWED_USER_IDS") {
+            w.allowed_user_ids = Some(v.split(',').map(str::to_string).collect());
+        }
+        if let Some(v) = get("WHATSAPP_REPLY_THREADING") {
+            w.reply_threading = Some(parse_bool("WHATSAPP_REPLY_THREADING", &v)?);
         }
         set_string(&mut w.app_secret_env, get("WHATSAPP_APP_SECRET_ENV"));
         if let Some(v) = get("WHATSAPP_ALLOW_UNSIGNED") {
@@ -420,6 +432,14 @@ impl RawConfig {
             verify_token: Secret::new(verify_token),
             webhook_port,
             allowed_numbers,
+            allowed_user_ids: w
+                .allowed_user_ids
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty())
+                .collect(),
+            reply_threading: w.reply_threading.unwrap_or(false),
             app_secrets,
             allow_unsigned,
             graph_api_base,

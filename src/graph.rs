@@ -70,6 +70,16 @@ impl SendError {
 pub trait Messenger: Send + Sync {
     /// Send one text message; `Ok` once the Graph API accepted it.
     async fn send_text(&self, to: &Recipient, body: &str) -> Result<(), SendError>;
+    /// Send one text message quoting the user's message `reply_to` (a WhatsApp reply).
+    async fn send_reply(
+        &self,
+        to: &Recipient,
+        body: &str,
+        reply_to: &str,
+    ) -> Result<(), SendError> {
+        let _ = reply_to;
+        self.send_text(to, body).await
+    }
     /// Mark an inbound message read and show the typing indicator (one call).
     async fn mark_read_typing(&self, message_id: &str) -> Result<(), SendError>;
 }
@@ -231,17 +241,16 @@ fn jitter(max: Duration) -> Duration {
 #[async_trait]
 impl Messenger for GraphClient {
     async fn send_text(&self, to: &Recipient, body: &str) -> Result<(), SendError> {
-        let mut message = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "type": "text",
-            "text": {"preview_url": false, "body": body},
-        });
-        match to {
-            Recipient::Phone(d) => message["to"] = json!(d),
-            Recipient::UserId(id) => message["recipient"] = json!(id),
-        }
-        self.post(message).await
+        self.post(text_message(to, body, None)).await
+    }
+
+    async fn send_reply(
+        &self,
+        to: &Recipient,
+        body: &str,
+        reply_to: &str,
+    ) -> Result<(), SendError> {
+        self.post(text_message(to, body, Some(reply_to))).await
     }
 
     async fn mark_read_typing(&self, message_id: &str) -> Result<(), SendError> {
@@ -253,6 +262,25 @@ impl Messenger for GraphClient {
         }))
         .await
     }
+}
+
+/// The Graph API body of a text message; `to` for phone numbers, `recipient` for
+/// username users (Meta takes `to` when both are present).
+fn text_message(to: &Recipient, body: &str, reply_to: Option<&str>) -> serde_json::Value {
+    let mut message = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "type": "text",
+        "text": {"preview_url": false, "body": body},
+    });
+    match to {
+        Recipient::Phone(d) => message["to"] = json!(d),
+        Recipient::UserId(id) => message["recipient"] = json!(id),
+    }
+    if let Some(id) = reply_to {
+        message["context"] = json!({ "message_id": id });
+    }
+    message
 }
 
 /// Used when no access token is configured: logs what would be sent (never the text).

@@ -25,6 +25,8 @@ fn local_app() -> App {
             verify_token: Secret::new("local-verify-token"),
             app_secrets: vec![Secret::new("whatsapp-webhook-test-secret")],
             allowed_numbers: AllowList::default(),
+            allowed_user_ids: Vec::new(),
+            reply_threading: false,
             read_receipts: true,
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),

@@ -99,6 +99,8 @@ async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
             verify_token: Secret::new("tok"),
             app_secrets: vec![Secret::new("s")],
             allowed_numbers: AllowList::default(),
+            allowed_user_ids: Vec::new(),
+            reply_threading: false,
             read_receipts: false,
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),

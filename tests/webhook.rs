@@ -770,3 +770,43 @@ async fn batched_messages_are_answered_in_timestamp_order() {
     assert_eq!(status(&h.post_json(&body).await), 200);
     assert_eq!(h.sent_bodies().await, vec!["echo: two", "echo: one"]);
 }
+
+#[tokio::test]
+async fn allowed_user_ids_let_username_users_in() {
+    let h = Harness::builder()
+        .options(|o| o.allowed_user_ids = vec!["US.11112222333344445555".into()])
+        .build()
+        .await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    assert_eq!(
+        status(&h.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
+    assert_eq!(h.engine_calls().await.len(), 1);
+    // The list is closed now: a phone user not on allowed_numbers is dropped.
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    assert_eq!(h.engine_calls().await.len(), 1);
+}
+
+#[tokio::test]
+async fn reply_threading_quotes_the_user_message_in_the_first_part_only() {
+    let h = Harness::builder()
+        .options(|o| {
+            o.reply_threading = true;
+            o.max_part_units = 20;
+        })
+        .build()
+        .await;
+    h.graph_accepts().await;
+    h.engine_replies("Part one is here.\n\nPart two is here.")
+        .await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    let sent = h.sent_texts().await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0]["context"],
+        json!({"message_id": "wamid.SAMPLE.text.0001"})
+    );
+    assert!(sent[1].get("context").is_none());
+}

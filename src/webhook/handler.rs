@@ -35,6 +35,10 @@ pub struct AppOptions {
     pub verify_token: Secret,
     pub app_secrets: Vec<Secret>,
     pub allowed_numbers: AllowList,
+    /// Username users let in by their business-scoped user id.
+    pub allowed_user_ids: Vec<String>,
+    /// Quote the user's message in the first part of the reply.
+    pub reply_threading: bool,
     pub read_receipts: bool,
     pub unsupported_reply: bool,
     /// How long a message waits for another message of the same sender to be answered
@@ -51,6 +55,8 @@ impl AppOptions {
             verify_token: c.verify_token.clone(),
             app_secrets: c.app_secrets.clone(),
             allowed_numbers: c.allowed_numbers.clone(),
+            allowed_user_ids: c.allowed_user_ids.clone(),
+            reply_threading: c.reply_threading,
             read_receipts: c.read_receipts,
             unsupported_reply: c.unsupported_reply,
             sender_wait: Duration::from_secs(5),
@@ -258,7 +264,7 @@ impl App {
         let state_key = message.sender.state_key();
         let msg_ref = short_ref(&message.id);
         if !self.is_allowed(&message.sender) {
-            tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers");
+            tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers / allowed_user_ids");
             return Outcome::Settled;
         }
         let action = match &message.content {
@@ -444,7 +450,14 @@ impl App {
             }
         }
         for (index, part) in parts.iter().enumerate().skip(first) {
-            match self.messenger.send_text(to, part).await {
+            let sent = if index == 0 && self.options.reply_threading {
+                self.messenger
+                    .send_reply(to, part, turn.attempt.message_id)
+                    .await
+            } else {
+                self.messenger.send_text(to, part).await
+            };
+            match sent {
                 Ok(()) => {
                     turn.progress.sent += 1;
                     let more = index + 1 < parts.len();
@@ -515,10 +528,13 @@ impl App {
     }
 
     fn is_allowed(&self, sender: &Recipient) -> bool {
+        // Both lists empty: everyone. Otherwise a sender must be on the list of its kind.
+        if self.options.allowed_numbers.is_open() && self.options.allowed_user_ids.is_empty() {
+            return true;
+        }
         match sender {
-            Recipient::Phone(number) => self.options.allowed_numbers.allows(number),
-            // A username user shows no number, so a closed number list cannot admit them.
-            Recipient::UserId(_) => self.options.allowed_numbers.is_open(),
+            Recipient::Phone(number) => self.options.allowed_numbers.contains(number),
+            Recipient::UserId(id) => self.options.allowed_user_ids.iter().any(|a| a == id),
         }
     }
 }

@@ -51,6 +51,8 @@ pub fn options() -> AppOptions {
         verify_token: Secret::new(VERIFY_TOKEN),
         app_secrets: vec![Secret::new(APP_SECRET)],
         allowed_numbers: AllowList::default(),
+        allowed_user_ids: Vec::new(),
+        reply_threading: false,
         read_receipts: true,
         unsupported_reply: true,
         sender_wait: Duration::from_secs(5),
