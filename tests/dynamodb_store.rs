@@ -629,18 +629,20 @@ async fn request_counts_per_operation() {
     assert_eq!(count(), 3, "begin + abandon");
 }
 
-#[tokio::test]
-async fn unreachable_endpoint_is_unavailable() {
-    // Nothing listens there: connections are refused at once.
-    let endpoint = format!("http://127.0.0.1:{}", moto::free_port());
-    let store = DynamoStore::new(
-        moto::client(&endpoint),
+fn production_store(endpoint: &str) -> DynamoStore {
+    DynamoStore::new(
+        Client::from_conf(moto::production_config_builder(endpoint).build()),
         "unreachable".into(),
         Duration::from_secs(LEASE),
         Duration::from_secs(IDLE),
-    );
+    )
+}
+
+#[tokio::test]
+async fn refused_connection_is_unavailable() {
+    let endpoint = format!("http://127.0.0.1:{}", moto::free_port());
     let started = Instant::now();
-    let result = store
+    let result = production_store(&endpoint)
         .begin(&attempt("wamid.L", "4915550014", "t1"), T0)
         .await;
     assert!(
@@ -648,11 +650,31 @@ async fn unreachable_endpoint_is_unavailable() {
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
-    let result = create_table(&moto::client(&endpoint), "unreachable").await;
+    let client = Client::from_conf(moto::production_config_builder(&endpoint).build());
+    let result = create_table(&client, "unreachable").await;
     assert!(
         matches!(result, Err(StateError::Unavailable(_))),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn silent_endpoint_times_out_as_unavailable() {
+    // Connections complete in the kernel backlog, but nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let result = production_store(&endpoint)
+        .begin(&attempt("wamid.L", "4915550014", "t1"), T0)
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(&result, Err(StateError::Unavailable(m)) if m.contains("timed out")),
+        "{result:?}"
+    );
+    // The 8 s operation timeout bounds the whole call, retries included.
+    assert!(elapsed < Duration::from_secs(12), "{elapsed:?}");
+    drop(silent);
 }
 
 #[tokio::test]

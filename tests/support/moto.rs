@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
 pub struct MotoServer {
@@ -111,9 +112,21 @@ fn answers_http(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && &head == b"HTTP/"
 }
 
-/// SDK config for `endpoint`: static test credentials and us-east-1, as tests have no
-/// AWS environment; timeouts and retries as in production.
+/// SDK config for moto at `endpoint`: static test credentials and us-east-1, as tests
+/// have no AWS environment. Per-attempt timeouts are generous: moto ignores
+/// `ClientRequestToken`, so an SDK retry of a transaction that did commit (after a
+/// timeout on a busy machine) fails its condition where DynamoDB would replay it.
 pub fn config_builder(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(60))
+        .build();
+    production_config_builder(endpoint).timeout_config(timeouts)
+}
+
+/// As [`config_builder`], with the production timeouts and retries.
+pub fn production_config_builder(endpoint: &str) -> aws_sdk_dynamodb::config::Builder {
     aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
