@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::allowlist::AllowList;
+use crate::format::Format;
 
 /// The YAML used when `serve` runs without `--config`: memory state, echo engine,
 /// and no access token, so outgoing messages are logged instead of sent.
@@ -90,6 +91,8 @@ pub struct WhatsAppConfig {
     pub allowed_user_ids: Vec<String>,
     /// Quote the user's message in the first part of the reply.
     pub reply_threading: bool,
+    /// How the engine's Markdown is rendered for WhatsApp.
+    pub format: Format,
     /// Any of these verifies `X-Hub-Signature-256` (several while rotating).
     pub app_secrets: Vec<Secret>,
     /// Signature check off: only with `allow_unsigned: true` and no app secret.
@@ -164,6 +167,7 @@ pub struct RawWhatsApp {
     pub allowed_numbers: Option<Vec<String>>,
     pub allowed_user_ids: Option<Vec<String>>,
     pub reply_threading: Option<bool>,
+    pub format: Option<String>,
     pub app_secret_env: Option<String>,
     pub allow_unsigned: Option<bool>,
     pub graph_api_base: Option<String>,
@@ -280,6 +284,7 @@ impl RawConfig {
         if let Some(v) = get("WHATSAPP_ALLOWED_USER_IDS") {
             w.allowed_user_ids = Some(v.split(',').map(str::to_string).collect());
         }
+        set_string(&mut w.format, get("WHATSAPP_FORMAT"));
         if let Some(v) = get("WHATSAPP_REPLY_THREADING") {
             w.reply_threading = Some(parse_bool("WHATSAPP_REPLY_THREADING", &v)?);
         }
@@ -417,6 +422,16 @@ impl RawConfig {
                 "write it like v21.0",
             ));
         }
+        let format = match non_empty(w.format) {
+            None => Format::default(),
+            Some(f) => Format::parse(&f).ok_or_else(|| {
+                ConfigError::new(
+                    "channels.whatsapp.format",
+                    format!("unknown format {f:?}"),
+                    "use whatsapp, plain or none",
+                )
+            })?,
+        };
         let webhook_port = w.webhook_port.unwrap_or(DEFAULT_PORT);
         if webhook_port == 0 {
             return Err(ConfigError::new(
@@ -440,6 +455,7 @@ impl RawConfig {
                 .filter(|id| !id.is_empty())
                 .collect(),
             reply_threading: w.reply_threading.unwrap_or(false),
+            format,
             app_secrets,
             allow_unsigned,
             graph_api_base,

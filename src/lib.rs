@@ -9,6 +9,7 @@ pub mod allowlist;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod format;
 pub mod graph;
 pub mod server;
 pub mod split;

@@ -460,3 +460,25 @@ async fn an_ordinary_text_message_costs_three_dynamodb_requests() {
         "an existing session costs the same"
     );
 }
+
+#[tokio::test]
+async fn username_link_survives_a_new_process() {
+    let table = Table::fresh().await;
+    let first = table.harness().await;
+    let mut both = text_message("15557654321", "wamid.L1", "hi");
+    both["entry"][0]["changes"][0]["value"]["messages"][0]["from_user_id"] =
+        json!("US.11112222333344445555");
+    assert_eq!(status(&first.post_json(&both).await), 200);
+    let second = Harness::builder()
+        .store(table.store())
+        .server(first.server.clone())
+        .build()
+        .await;
+    assert_eq!(
+        status(&second.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
+    let calls = second.engine_calls().await;
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["session_id"], calls[1]["session_id"]);
+}

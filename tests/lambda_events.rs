@@ -27,6 +27,7 @@ fn local_app() -> App {
             allowed_numbers: AllowList::default(),
             allowed_user_ids: Vec::new(),
             reply_threading: false,
+            format: whatsapp_webhook::format::Format::WhatsApp,
             read_receipts: true,
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),

@@ -101,6 +101,7 @@ async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
             allowed_numbers: AllowList::default(),
             allowed_user_ids: Vec::new(),
             reply_threading: false,
+            format: whatsapp_webhook::format::Format::WhatsApp,
             read_receipts: false,
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),

@@ -810,3 +810,117 @@ async fn reply_threading_quotes_the_user_message_in_the_first_part_only() {
     );
     assert!(sent[1].get("context").is_none());
 }
+
+#[tokio::test]
+async fn username_user_keeps_the_session_of_their_number() {
+    let h = Harness::start().await;
+    // While Meta still sends both the number and the user id…
+    let mut both = text_message("15557654321", "wamid.U1", "hi");
+    both["entry"][0]["changes"][0]["value"]["messages"][0]["from_user_id"] =
+        json!("US.11112222333344445555");
+    assert_eq!(status(&h.post_json(&both).await), 200);
+    // …then only the user id, after the user turned on a username.
+    assert_eq!(
+        status(&h.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
+    let calls = h.engine_calls().await;
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0]["session_id"], calls[1]["session_id"],
+        "one session for one person"
+    );
+    let sent = h.sent_texts().await;
+    assert_eq!(sent[0]["to"], "15557654321");
+    assert_eq!(sent[1]["recipient"], "US.11112222333344445555");
+}
+
+#[tokio::test]
+async fn username_user_linked_to_an_allowed_number_is_allowed() {
+    let h = Harness::builder()
+        .options(|o| o.allowed_numbers = AllowList::parse(&["+15557654321".into()]).unwrap())
+        .build()
+        .await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    // Unknown username user: dropped.
+    assert_eq!(
+        status(&h.post_json(&fixture("bsuid-username-text.json")).await),
+        200
+    );
+    assert!(h.engine_calls().await.is_empty());
+    let mut both = text_message("15557654321", "wamid.U1", "hi");
+    both["entry"][0]["changes"][0]["value"]["messages"][0]["from_user_id"] =
+        json!("US.11112222333344445555");
+    h.post_json(&both).await;
+    let mut later = fixture("bsuid-username-text.json");
+    later["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = json!("wamid.U3");
+    assert_eq!(status(&h.post_json(&later).await), 200);
+    assert_eq!(
+        h.engine_calls().await.len(),
+        2,
+        "linked to an allowed number: let in"
+    );
+}
+
+#[tokio::test]
+async fn markdown_reply_is_sent_in_whatsapp_markup() {
+    let h = Harness::builder().build().await;
+    h.graph_accepts().await;
+    h.engine_replies("# Plan\n\n**Bold** and *italic* and ~~gone~~, see [docs](https://example.com/a_b).\n\n* one\n* two")
+        .await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    assert_eq!(
+        h.sent_bodies().await,
+        vec![
+            "*Plan*\n\n*Bold* and _italic_ and ~gone~, see docs (https://example.com/a_b).\n\n- one\n- two"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn plain_and_none_formats() {
+    for (format, want) in [
+        (whatsapp_webhook::format::Format::Plain, "Bold and italic"),
+        (
+            whatsapp_webhook::format::Format::None,
+            "**Bold** and *italic*",
+        ),
+    ] {
+        let h = Harness::builder()
+            .options(|o| o.format = format)
+            .build()
+            .await;
+        h.graph_accepts().await;
+        h.engine_replies("**Bold** and *italic*").await;
+        h.post_json(&fixture("text.json")).await;
+        assert_eq!(h.sent_bodies().await, vec![want], "{format:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_code_block_cut_in_two_is_closed_and_reopened() {
+    let h = Harness::builder()
+        .options(|o| o.max_part_units = 60)
+        .build()
+        .await;
+    h.graph_accepts().await;
+    let code: Vec<String> = (0..8).map(|i| format!("let x{i} = {i};")).collect();
+    h.engine_replies(&format!("Code:\n\n```rust\n{}\n```", code.join("\n")))
+        .await;
+    assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
+    let parts = h.sent_bodies().await;
+    assert!(parts.len() >= 2, "{parts:?}");
+    for part in &parts {
+        assert!(part.encode_utf16().count() <= 60, "{part:?}");
+        let fences = part
+            .lines()
+            .filter(|l| l.trim_start().starts_with("```"))
+            .count();
+        assert_eq!(fences % 2, 0, "every part balances its fences: {part:?}");
+    }
+    let all = parts.join("\n");
+    for line in &code {
+        assert!(all.contains(line.as_str()), "{line} kept");
+    }
+}

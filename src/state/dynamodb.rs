@@ -18,6 +18,11 @@
 //! | `lease_until` | N    | unix seconds the sender lease ends (removed on release)    |
 //! | `ttl`         | N    | `updated_at + session idle ttl + lease` (`begin` sets `now + idle ttl + lease`, so the item outlives the lease) |
 //!
+//! **User link item**, `pk = "user#<business-scoped user id>"`: `sender` (S, the sender
+//! key of the same person, written when a message carries both a phone number and a user
+//! id) and `ttl`; lets a username user keep their session once Meta stops sending the
+//! phone number.
+//!
 //! **Message item**, `pk = "msg#" + message_key(message id)`: a hash, so the table never
 //! holds a WhatsApp message id (wamid):
 //!
@@ -95,6 +100,7 @@ const SESSION_ID: &str = "session_id";
 const MODE: &str = "mode";
 const CREATED_AT: &str = "created_at";
 const UPDATED_AT: &str = "updated_at";
+const SENDER: &str = "sender";
 
 const THROTTLING_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
@@ -581,6 +587,37 @@ impl SessionStore for DynamoStore {
         self.settle("abandon", attempt, Some(progress), session)
             .await
     }
+
+    async fn link_user(&self, user_id: &str, sender: &str, now: u64) -> Result<(), StateError> {
+        let ttl = now + self.session_idle_ttl.as_secs() + self.lease.as_secs();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, user_pk(user_id))
+            .item(SENDER, s(sender))
+            .item(TTL, n(ttl))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("PutItem", &e))
+    }
+
+    async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem", &e))?;
+        Ok(out
+            .item()
+            .and_then(|item| item.get(SENDER))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
 }
 
 // ---------------------------------------------------------------- expressions
@@ -610,6 +647,11 @@ fn names(attributes: &[&str]) -> HashMap<String, String> {
 
 fn message_pk(message_id: &str) -> AttributeValue {
     s(format!("msg#{}", message_key(message_id)))
+}
+
+/// The link from a username user's business-scoped id to their sender key.
+fn user_pk(user_id: &str) -> AttributeValue {
+    s(format!("user#{user_id}"))
 }
 
 fn sender_pk(sender: &str) -> AttributeValue {

@@ -28,6 +28,8 @@ struct SenderItem {
 struct Tables {
     messages: HashMap<String, MessageItem>,
     senders: HashMap<String, SenderItem>,
+    /// user id → sender key
+    users: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -170,6 +172,17 @@ impl SessionStore for MemoryStore {
         }
         release_sender(&mut tables, attempt, session);
         Ok(())
+    }
+
+    async fn link_user(&self, user_id: &str, sender: &str, _now: u64) -> Result<(), StateError> {
+        self.tables()?
+            .users
+            .insert(user_id.to_string(), sender.to_string());
+        Ok(())
+    }
+
+    async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError> {
+        Ok(self.tables()?.users.get(user_id).cloned())
     }
 }
 

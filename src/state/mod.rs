@@ -106,6 +106,11 @@ pub trait SessionStore: Send + Sync {
         session: &SessionRecord,
         now: u64,
     ) -> Result<(), StateError>;
+    /// Remember that the username user `user_id` is the person whose sender key is
+    /// `sender`, so their session survives when Meta stops sending the phone number.
+    async fn link_user(&self, user_id: &str, sender: &str, now: u64) -> Result<(), StateError>;
+    /// The sender key linked to `user_id`, if any.
+    async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError>;
 }
 
 /// The stored key of a message id: a hash, so the table keeps no message ids

@@ -19,6 +19,7 @@ use crate::allowlist::{AllowList, mask};
 use crate::commands::{Command, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT};
 use crate::config::{Secret, WhatsAppConfig};
 use crate::engine::{Engine, EngineError, Mode, Turn};
+use crate::format::{FENCE_HEADROOM, Format, convert, rebalance_fences};
 use crate::graph::{Messenger, Recipient, SendError};
 use crate::split::{MAX_PART_UTF16, split_reply};
 use crate::state::{
@@ -39,6 +40,8 @@ pub struct AppOptions {
     pub allowed_user_ids: Vec<String>,
     /// Quote the user's message in the first part of the reply.
     pub reply_threading: bool,
+    /// How the engine's Markdown is rendered.
+    pub format: Format,
     pub read_receipts: bool,
     pub unsupported_reply: bool,
     /// How long a message waits for another message of the same sender to be answered
@@ -57,6 +60,7 @@ impl AppOptions {
             allowed_numbers: c.allowed_numbers.clone(),
             allowed_user_ids: c.allowed_user_ids.clone(),
             reply_threading: c.reply_threading,
+            format: c.format,
             read_receipts: c.read_receipts,
             unsupported_reply: c.unsupported_reply,
             sender_wait: Duration::from_secs(5),
@@ -72,6 +76,8 @@ pub struct App {
     engine: Arc<dyn Engine>,
     messenger: Arc<dyn Messenger>,
     clock: Clock,
+    /// User ids whose link to a number this process already wrote.
+    linked_users: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How one message ended, ordered by what it means for the HTTP status.
@@ -106,6 +112,7 @@ impl App {
             engine,
             messenger,
             clock,
+            linked_users: Default::default(),
         }
     }
 
@@ -261,9 +268,9 @@ impl App {
 
     async fn process(&self, message: &InboundMessage) -> Outcome {
         let sender = message.sender.key();
-        let state_key = message.sender.state_key();
+        let state_key = self.state_key(message).await;
         let msg_ref = short_ref(&message.id);
-        if !self.is_allowed(&message.sender) {
+        if !self.is_allowed(&message.sender, &state_key) {
             tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers / allowed_user_ids");
             return Outcome::Settled;
         }
@@ -384,7 +391,7 @@ impl App {
             message_id: turn.attempt.message_id,
         };
         match self.ask_engine(&request, to, &turn.msg_ref).await {
-            Ok(reply) => Ok(split_reply(&reply, self.options.max_part_units)),
+            Ok(reply) => Ok(self.render(&reply)),
             Err(e) => {
                 let transient = e.is_transient();
                 tracing::error!(error = %e, transient, msg = %turn.msg_ref, mode = turn.session.mode.as_str(), "engine failed");
@@ -403,6 +410,22 @@ impl App {
                     Err(self.finish(turn).await)
                 }
             }
+        }
+    }
+
+    /// The engine's Markdown as WhatsApp parts: converted, split, code fences closed at
+    /// each cut and reopened in the next part.
+    fn render(&self, reply: &str) -> Vec<String> {
+        let text = convert(reply, self.options.format);
+        if text.contains("```") {
+            let room = self
+                .options
+                .max_part_units
+                .saturating_sub(FENCE_HEADROOM)
+                .max(1);
+            rebalance_fences(split_reply(&text, room))
+        } else {
+            split_reply(&text, self.options.max_part_units)
         }
     }
 
@@ -527,14 +550,63 @@ impl App {
         }
     }
 
-    fn is_allowed(&self, sender: &Recipient) -> bool {
-        // Both lists empty: everyone. Otherwise a sender must be on the list of its kind.
+    /// The key the sender's state lives under: the (canonical) phone number when known,
+    /// else the phone number linked earlier to the user id, else the user id. A message
+    /// carrying both links them, so a user keeps one session when Meta stops sending
+    /// the number.
+    async fn state_key(&self, message: &InboundMessage) -> String {
+        match (&message.sender, &message.user_id) {
+            (Recipient::Phone(_), Some(user_id)) => {
+                let key = message.sender.state_key();
+                if self.remember_link(user_id) {
+                    if let Err(e) = self.store.link_user(user_id, &key, (self.clock)()).await {
+                        tracing::warn!(error = %e, "could not link the user id to the number");
+                        self.forget_link(user_id);
+                    }
+                }
+                key
+            }
+            (Recipient::UserId(user_id), _) => match self.store.linked_sender(user_id).await {
+                Ok(Some(key)) => key,
+                Ok(None) => user_id.clone(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look up the user id's number");
+                    user_id.clone()
+                }
+            },
+            (Recipient::Phone(_), None) => message.sender.state_key(),
+        }
+    }
+
+    /// Whether the link of `user_id` still needs writing (once per process and id).
+    fn remember_link(&self, user_id: &str) -> bool {
+        let Ok(mut linked) = self.linked_users.lock() else {
+            return true;
+        };
+        if linked.len() >= 100_000 {
+            linked.clear(); // bounded memory; at worst a link is written again
+        }
+        linked.insert(user_id.to_string())
+    }
+
+    fn forget_link(&self, user_id: &str) {
+        if let Ok(mut linked) = self.linked_users.lock() {
+            linked.remove(user_id);
+        }
+    }
+
+    fn is_allowed(&self, sender: &Recipient, state_key: &str) -> bool {
+        // Both lists empty: everyone. Otherwise a sender must be on the list of its kind;
+        // a username user linked to an allowed number is that number.
         if self.options.allowed_numbers.is_open() && self.options.allowed_user_ids.is_empty() {
             return true;
         }
         match sender {
             Recipient::Phone(number) => self.options.allowed_numbers.contains(number),
-            Recipient::UserId(id) => self.options.allowed_user_ids.iter().any(|a| a == id),
+            Recipient::UserId(id) => {
+                self.options.allowed_user_ids.iter().any(|a| a == id)
+                    || (state_key != id && self.options.allowed_numbers.contains(state_key))
+            }
         }
     }
 }

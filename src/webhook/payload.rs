@@ -129,6 +129,8 @@ pub enum Content {
 pub struct InboundMessage {
     pub id: String,
     pub sender: Recipient,
+    /// The business-scoped user id, when Meta sent one (also for phone senders).
+    pub user_id: Option<String>,
     /// Unix seconds (0 if Meta's string was unreadable).
     pub timestamp: u64,
     pub content: Content,
@@ -141,9 +143,10 @@ impl RawMessage {
             .from
             .map(|f| crate::allowlist::digits(&f))
             .filter(|d| !d.is_empty());
-        let sender = match (phone, non_empty(self.from_user_id)) {
+        let user_id = non_empty(self.from_user_id);
+        let sender = match (phone, &user_id) {
             (Some(phone), _) => Recipient::Phone(phone),
-            (None, Some(user_id)) => Recipient::UserId(user_id),
+            (None, Some(user_id)) => Recipient::UserId(user_id.clone()),
             (None, None) => return None,
         };
         let kind = self.kind.unwrap_or_default();
@@ -170,6 +173,7 @@ impl RawMessage {
         Some(InboundMessage {
             id: self.id,
             sender,
+            user_id,
             timestamp: self
                 .timestamp
                 .and_then(|t| t.trim().parse().ok())
