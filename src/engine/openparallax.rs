@@ -219,10 +219,10 @@ impl OpenParallaxEngine {
             return Ok(None);
         };
         let mut cached = self.cookie.lock().await;
-        if let Some(current) = cached.as_ref() {
-            if stale.is_none_or(|stale| stale != current) {
-                return Ok(Some(current.clone()));
-            }
+        if let Some(current) = cached.as_ref()
+            && stale.is_none_or(|stale| stale != current)
+        {
+            return Ok(Some(current.clone()));
         }
         *cached = None;
         let fresh = self.login(endpoints, password).await?;

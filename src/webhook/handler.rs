@@ -374,14 +374,13 @@ impl App {
             Action::Notice(notice) => return Ok(vec![notice.to_string()]),
             Action::Turn(text) => text,
         };
-        if self.options.read_receipts {
-            if let Err(e) = self
+        if self.options.read_receipts
+            && let Err(e) = self
                 .messenger
                 .mark_read_typing(turn.attempt.message_id)
                 .await
-            {
-                tracing::warn!(error = %e, msg = %turn.msg_ref, "read receipt / typing indicator failed");
-            }
+        {
+            tracing::warn!(error = %e, msg = %turn.msg_ref, "read receipt / typing indicator failed");
         }
         let request = Turn {
             session_id: &turn.session.id,
@@ -484,15 +483,15 @@ impl App {
                 Ok(()) => {
                     turn.progress.sent += 1;
                     let more = index + 1 < parts.len();
-                    if more && keep_text {
-                        if let Err(e) = self
+                    if more
+                        && keep_text
+                        && let Err(e) = self
                             .store
                             .save_progress(&turn.attempt, &turn.progress)
                             .await
-                        {
-                            tracing::error!(error = %e, msg = %turn.msg_ref, "could not record reply progress");
-                            return self.abandon_after(turn, e).await;
-                        }
+                    {
+                        tracing::error!(error = %e, msg = %turn.msg_ref, "could not record reply progress");
+                        return self.abandon_after(turn, e).await;
                     }
                 }
                 Err(e @ SendError::Permanent { .. }) => {
@@ -558,11 +557,11 @@ impl App {
         match (&message.sender, &message.user_id) {
             (Recipient::Phone(_), Some(user_id)) => {
                 let key = message.sender.state_key();
-                if self.remember_link(user_id) {
-                    if let Err(e) = self.store.link_user(user_id, &key, (self.clock)()).await {
-                        tracing::warn!(error = %e, "could not link the user id to the number");
-                        self.forget_link(user_id);
-                    }
+                if self.remember_link(user_id)
+                    && let Err(e) = self.store.link_user(user_id, &key, (self.clock)()).await
+                {
+                    tracing::warn!(error = %e, "could not link the user id to the number");
+                    self.forget_link(user_id);
                 }
                 key
             }
