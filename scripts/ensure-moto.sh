@@ -14,7 +14,7 @@ python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]'
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 
 if [ ! -x "$venv/bin/moto_server" ]; then
     echo "ensure-moto: moto_server missing from $venv/bin after install" >&2
