@@ -26,3 +26,91 @@ tools:
 ## Regenerate events/*.json (and their signatures) from events/bodies/.
 events:
 	python3 scripts/make-events.py
+
+# ---------------------------------------------------------------- deployment (AWS Lambda)
+# Tools (cargo-lambda with zig, sam, cfn-lint) live in .venv; see docs/DEPLOY.md.
+.PHONY: deploy-tools build validate deploy watch invoke lambda-replay
+# SAM CLI telemetry off by default (CI and offline machines would wait on it); opt in with
+# `make deploy SAM_CLI_TELEMETRY=1`.
+SAM_CLI_TELEMETRY ?= 0
+DEPLOY_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=$(SAM_CLI_TELEMETRY)
+# Port of `make watch` (cargo lambda's invoke server) and of its Graph API stub.
+INVOKE_PORT ?= 9000
+GRAPH_STUB_PORT ?= 9445
+
+## cargo-lambda, aws-sam-cli, cfn-lint into .venv, and the aarch64 Rust target.
+deploy-tools:
+	@bash scripts/ensure-deploy-tools.sh
+
+## The arm64 Lambda binary: target/lambda/whatsapp-webhook/bootstrap (ZIP=1: bootstrap.zip).
+build: deploy-tools
+	$(DEPLOY_PATH) cargo lambda build --release --arm64 $(if $(ZIP),--output-format zip)
+
+## Lint the SAM template (sam's own checks, then cfn-lint).
+validate: deploy-tools
+	$(DEPLOY_PATH) sam validate --lint
+	$(DEPLOY_PATH) cfn-lint template.yaml
+
+## sam build + sam deploy; --guided when there is no samconfig.toml yet (it writes one) or
+## with GUIDED=1 (asks again, samconfig.toml values as defaults).
+deploy: deploy-tools
+	$(DEPLOY_PATH) sam build
+	@if [ -f samconfig.toml ] && [ -z "$(GUIDED)" ]; then \
+		echo '$(DEPLOY_PATH) sam deploy'; $(DEPLOY_PATH) sam deploy; \
+	else \
+		[ -f samconfig.toml ] || echo "no samconfig.toml yet: sam deploy --guided (see samconfig.toml.example)"; \
+		echo '$(DEPLOY_PATH) sam deploy --guided'; $(DEPLOY_PATH) sam deploy --guided; \
+	fi
+
+## The function in Lambda mode under `cargo lambda watch` (invoke port $(INVOKE_PORT)),
+## local defaults from scripts/lambda-local.env, replies to a Graph API stub.
+watch: deploy-tools
+	@python3 scripts/graph-stub.py $(GRAPH_STUB_PORT) >/dev/null & stub=$$!; \
+	trap 'kill $$stub 2>/dev/null' EXIT; \
+	$(DEPLOY_PATH) cargo lambda watch --invoke-port $(INVOKE_PORT) \
+		--env-file scripts/lambda-local.env \
+		--env-var WHATSAPP_GRAPH_API_BASE=http://127.0.0.1:$(GRAPH_STUB_PORT)
+
+## One event against `make watch`: make invoke EVENT=events/text.json
+invoke: deploy-tools
+	@if [ -z "$(EVENT)" ]; then \
+		echo "make invoke: set EVENT to an event file, e.g. make invoke EVENT=events/text.json" >&2; \
+		exit 2; \
+	fi
+	$(DEPLOY_PATH) cargo lambda invoke --invoke-port $(INVOKE_PORT) --data-file $(EVENT)
+
+## Every event in events/expected-status.txt through `cargo lambda watch`; N passed, M failed.
+lambda-replay: deploy-tools
+	@bash scripts/lambda-replay.sh
+
+# ---------------------------------------------------------------- fuzzing (cargo-fuzz)
+.PHONY: fuzz
+# Seconds each fuzz target runs. Run longer with: make fuzz FUZZ_SECONDS=3600
+FUZZ_SECONDS ?= 30
+
+## libFuzzer on fuzz/fuzz_targets (signed_payload, split), FUZZ_SECONDS each; non-zero on a crash.
+## cargo-fuzz goes into .tools; the first build (nightly + AddressSanitizer) takes minutes.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz-smoke.sh
+
+# ---------------------------------------------------------------- benchmarks
+.PHONY: bench bench-micro
+
+## Whole-program figures of the release build (start-up, RSS, sizes, wrk on loopback)
+## as a markdown table with targets; wrk is installed by scripts/ensure-bench-tools.sh.
+bench:
+	bash scripts/bench.sh
+
+## The criterion benches (split_reply, inbound path, handler) and per-message p99/allocations.
+bench-micro:
+	cargo bench --bench split -- --warm-up-time 1 --measurement-time 3
+	cargo bench --bench inbound -- --warm-up-time 1 --measurement-time 3
+	cargo bench --bench inbound_alloc
+
+# ---------------------------------------------------------------- load test
+.PHONY: load
+
+## tests/load.rs at full size in release: 10,000 signed deliveries from 500 numbers at
+## concurrency 64 against the real binary (moto state, stub engine and Graph API).
+load: tools
+	LOAD_DELIVERIES=10000 LOAD_SENDERS=500 LOAD_CONCURRENCY=64 cargo test --release --test load -- --nocapture

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the deployment tools into the project-local virtualenv .venv (shared with
+# scripts/ensure-moto.sh, which only adds to it): cargo-lambda (brings zig, the
+# cross-linker for arm64), aws-sam-cli (sam) and cfn-lint; and the Rust target
+# aarch64-unknown-linux-gnu. Idempotent: returns at once when everything is there.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+target=aarch64-unknown-linux-gnu
+
+have_tools() {
+    [ -x "$venv/bin/cargo-lambda" ] && [ -x "$venv/bin/sam" ] && [ -x "$venv/bin/cfn-lint" ] \
+        && { [ -x "$venv/bin/python-zig" ] || [ -x "$venv/bin/zig" ] \
+             || "$venv/bin/python" -c 'import ziglang' 2>/dev/null; }
+}
+have_target() {
+    rustup target list --installed 2>/dev/null | grep -qx "$target"
+}
+
+if ! have_tools; then
+    python=${PYTHON:-python3}
+    if [ ! -x "$venv/bin/python" ]; then
+        "$python" -m venv "$venv"
+    fi
+    echo "ensure-deploy-tools: installing cargo-lambda, aws-sam-cli and cfn-lint into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        cargo-lambda aws-sam-cli cfn-lint
+    for tool in cargo-lambda sam cfn-lint; do
+        if [ ! -x "$venv/bin/$tool" ]; then
+            echo "ensure-deploy-tools: $tool missing from $venv/bin after install" >&2
+            exit 1
+        fi
+    done
+fi
+
+if ! have_target; then
+    echo "ensure-deploy-tools: adding the Rust target $target" >&2
+    rustup target add "$target"
+fi
