@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Short libFuzzer runs of every cargo-fuzz target in fuzz/ (`make fuzz`): signed_payload
+# (arbitrary signed bodies through the real handler) and split (split_reply).
+#
+# FUZZ_SECONDS (default 30) bounds each target's run; run longer with
+# `make fuzz FUZZ_SECONDS=3600`. Exits non-zero if any target crashes (a panic, a
+# failed assertion, a sanitizer report, a timeout or running out of memory); libFuzzer
+# leaves the input in fuzz/artifacts/<target>/, to replay with
+# `cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>`.
+#
+# Needs cargo-fuzz (installed into .tools by scripts/ensure-cargo-fuzz.sh) and a
+# nightly toolchain for the sanitizer flags: `cargo +nightly` when rustup has one,
+# otherwise the default toolchain with RUSTC_BOOTSTRAP=1. The first build compiles the
+# whole crate again with AddressSanitizer into fuzz/target (several minutes).
+# Inputs libFuzzer finds go to fuzz/corpus-work/<target>/ (gitignored); the seeds in
+# fuzz/corpus/<target>/ are only read.
+#
+# FUZZ_SANITIZER (default address) and FUZZ_DEV=1 (an unoptimised build) trade depth for
+# build time: `make test` runs a short smoke with FUZZ_SANITIZER=none FUZZ_DEV=1, which
+# still finds panics (Rust is memory-safe without the sanitizer), in a fraction of the
+# build time; `make fuzz` keeps AddressSanitizer and optimisation for long runs.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+seconds=${FUZZ_SECONDS:-30}
+build_flags=(--sanitizer "${FUZZ_SANITIZER:-address}")
+if [ "${FUZZ_DEV:-0}" = 1 ]; then
+    build_flags+=(--dev)
+fi
+targets=(signed_payload split)
+
+bash "$root/scripts/ensure-cargo-fuzz.sh"
+export PATH="$root/.tools/bin:$PATH"
+
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    cargo=(cargo +nightly)
+else
+    echo "fuzz-smoke: no nightly toolchain; using $(rustc --version) with RUSTC_BOOTSTRAP=1" >&2
+    export RUSTC_BOOTSTRAP=1
+    cargo=(cargo)
+fi
+
+cd "$root/fuzz"
+failed=()
+for target in "${targets[@]}"; do
+    mkdir -p "corpus-work/$target"
+    echo "fuzz-smoke: $target for ${seconds}s" >&2
+    if ! "${cargo[@]}" fuzz run "${build_flags[@]}" "$target" "corpus-work/$target" "corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; then
+        failed+=("$target")
+    fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz-smoke: crashed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+    exit 1
+fi
+echo "fuzz-smoke: no crash in ${targets[*]} (${seconds}s each)" >&2
