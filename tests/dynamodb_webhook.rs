@@ -482,3 +482,34 @@ async fn username_link_survives_a_new_process() {
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0]["session_id"], calls[1]["session_id"]);
 }
+
+#[tokio::test]
+async fn throttled_dynamodb_gives_500_and_sends_nothing() {
+    // A DynamoDB endpoint that throttles every request, as an overloaded table does.
+    let dynamo = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .insert_header("content-type", "application/x-amz-json-1.0")
+                .set_body_json(json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                    "message": "The level of configured provisioned throughput for the table was exceeded."
+                })),
+        )
+        .mount(&dynamo)
+        .await;
+    let client = Client::from_conf(moto::production_config_builder(&dynamo.uri()).build());
+    let store = Arc::new(DynamoStore::new(client, "t".into(), LEASE, IDLE));
+    let h = Harness::builder().store(store).build().await;
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    assert_eq!(
+        status(&h.post_json(&fixture("text.json")).await),
+        500,
+        "Meta redelivers"
+    );
+    assert!(h.engine_calls().await.is_empty());
+    assert!(h.sent_texts().await.is_empty());
+    let attempts = dynamo.received_requests().await.unwrap_or_default().len();
+    assert_eq!(attempts, 3, "the SDK's bounded retry, then give up");
+}
