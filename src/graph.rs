@@ -51,13 +51,24 @@ pub enum SendError {
         fbtrace_id: Option<String>,
     },
     /// Worth trying again later (throttling, 5xx, timeouts, connection errors).
-    #[error("Graph API failed for now: {detail} (code {code:?}, fbtrace_id {fbtrace_id:?})")]
+    #[error(
+        "Graph API failed for now: {detail} (code {}, fbtrace_id {})",
+        show(code),
+        show(fbtrace_id)
+    )]
     Transient {
         detail: String,
         code: Option<i64>,
         fbtrace_id: Option<String>,
         retry_after: Option<Duration>,
     },
+}
+
+/// An optional value for an error line: the value, or `none`.
+fn show<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "none".to_string(), T::to_string)
 }
 
 impl SendError {

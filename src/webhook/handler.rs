@@ -245,7 +245,11 @@ impl App {
                     continue;
                 }
                 for error in &value.errors {
-                    tracing::warn!(code = ?error.code, title = ?error.title, "webhook reported an error");
+                    tracing::warn!(
+                        code = error.code.unwrap_or_default(),
+                        title = error.title.as_deref().unwrap_or_default(),
+                        "webhook reported an error"
+                    );
                 }
                 for raw_status in &value.statuses {
                     log_status(raw_status.get());
@@ -649,7 +653,7 @@ fn log_status(raw: &str) {
     let state = status.status.as_deref().unwrap_or("unknown");
     if state == "failed" {
         for error in &status.errors {
-            tracing::warn!(to = %recipient, code = ?error.code, title = ?error.title, "outgoing message failed");
+            tracing::warn!(to = %recipient, code = error.code.unwrap_or_default(), title = error.title.as_deref().unwrap_or_default(), "outgoing message failed");
         }
         if status.errors.is_empty() {
             tracing::warn!(to = %recipient, "outgoing message failed");
