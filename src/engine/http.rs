@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, EngineError, Mode, Turn};
+use super::{Engine, EngineError, Mode, Turn, json_problem};
 use crate::config::Secret;
 
 pub struct HttpEngine {
@@ -76,8 +76,12 @@ impl Engine for HttpEngine {
             return Err(EngineError::Status(status.as_u16()));
         }
         let bytes = response.bytes().await.map_err(|e| self.classify(e))?;
-        let parsed: EngineResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::BadReply(format!("expected {{\"reply\":\"...\"}}: {e}")))?;
+        let parsed: EngineResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::BadReply(format!(
+                "expected {{\"reply\":\"...\"}}: {}",
+                json_problem(&e)
+            ))
+        })?;
         Ok(parsed.reply.unwrap_or_default())
     }
 }

@@ -63,6 +63,17 @@ pub enum EngineError {
     Reported { code: String, message: String },
 }
 
+/// A JSON error for logs: where and what kind, never the text serde quotes from the
+/// input (which may be the user's or the engine's words).
+pub fn json_problem(error: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        error.classify(),
+        error.line(),
+        error.column()
+    )
+}
+
 impl EngineError {
     /// Whether asking again later may succeed. Only a 4xx other than 408/429
     /// means the request itself is wrong, so retrying cannot help.
@@ -92,5 +103,31 @@ pub trait Engine: Send + Sync {
     ) -> Result<String, EngineError> {
         let _ = notices;
         self.reply(turn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_problem_never_quotes_the_input() {
+        #[derive(Debug, Deserialize)]
+        struct Reply {
+            #[allow(dead_code)]
+            reply: String,
+        }
+        // serde's own message quotes the input here; ours must not.
+        let quoted = serde_json::from_str::<Reply>(r#""my secret words""#).unwrap_err();
+        assert!(quoted.to_string().contains("secret"));
+        for input in [
+            r#""my secret words""#,
+            r#"{"reply": ["my secret words"]}"#,
+            r#"{"reply": "my secret words"#,
+        ] {
+            let problem = json_problem(&serde_json::from_str::<Reply>(input).unwrap_err());
+            assert!(!problem.contains("secret"), "{problem}");
+            assert!(problem.contains("line 1"), "{problem}");
+        }
     }
 }

@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{APPROVAL_NOTICE, Engine, EngineError, Mode, Notices, Turn};
+use super::{APPROVAL_NOTICE, Engine, EngineError, Mode, Notices, Turn, json_problem};
 use crate::config::Secret;
 
 /// Name of the engine's session cookie.
@@ -365,9 +365,10 @@ async fn read_reply(
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         }
-        .map_err(|e| EngineError::BadReply(format!("event is not JSON: {e}")))?;
-        let envelope = Envelope::deserialize(&value)
-            .map_err(|e| EngineError::BadReply(format!("event without a type: {e}")))?;
+        .map_err(|e| EngineError::BadReply(format!("event is not JSON: {}", json_problem(&e))))?;
+        let envelope = Envelope::deserialize(&value).map_err(|e| {
+            EngineError::BadReply(format!("event without a type: {}", json_problem(&e)))
+        })?;
         let ours = envelope.session_id.as_deref() == Some(session_id);
         match envelope.kind.as_str() {
             "llm_token" if ours => {
@@ -424,7 +425,7 @@ async fn read_reply(
 }
 
 fn bad(kind: &str, error: serde_json::Error) -> EngineError {
-    EngineError::BadReply(format!("malformed {kind} event: {error}"))
+    EngineError::BadReply(format!("malformed {kind} event: {}", json_problem(&error)))
 }
 
 fn with_notice(text: String, approval_requested: bool) -> String {
