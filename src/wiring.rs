@@ -16,11 +16,13 @@ pub enum StartError {
     HttpClient(String),
 }
 
-/// One HTTP client for the whole process: connection pool and TLS set up once.
+/// One HTTP client for the whole process: connection pool and TLS set up once. The
+/// default timeout bounds Graph API calls well inside the function timeout (29 s); the
+/// engine sets its own (`engine.timeout_secs`) per request.
 pub fn http_client() -> Result<reqwest::Client, StartError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .map_err(|e| StartError::HttpClient(e.to_string()))
