@@ -34,7 +34,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> 
                 let app = app.clone();
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle_incoming(&app, request).await) }
+                    async move { Ok::<_, Infallible>(handle_incoming(app, request).await) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -75,7 +75,7 @@ async fn shutdown_signal() {
 }
 
 /// Read the body (refusing oversized ones before reading them) and hand it to the app.
-pub async fn handle_incoming(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle_incoming(app: Arc<App>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let too_large = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -96,7 +96,13 @@ pub async fn handle_incoming(app: &App, request: Request<Incoming>) -> Response<
         }
         Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the body"),
     };
-    let response = app.handle(Request::from_parts(parts, bytes)).await;
+    // Its own task: when the client (Meta) hangs up on a slow answer, hyper drops this
+    // future, but the delivery must still finish and release its leases.
+    let request = Request::from_parts(parts, bytes);
+    let response = match tokio::spawn(async move { app.handle(request).await }).await {
+        Ok(response) => response,
+        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    };
     response.map(Full::new)
 }
 

@@ -71,6 +71,11 @@ pub fn split_reply(text: &str, max_units: usize) -> Vec<String> {
     let max_units = max_units.max(1);
     let mut parts = Vec::new();
     let mut rest = text.trim();
+    // UTF-8 never takes fewer bytes than UTF-16 takes units, so a reply this short fits
+    // without walking its graphemes (the common case).
+    if !rest.is_empty() && rest.len() <= max_units {
+        return vec![rest.to_owned()];
+    }
     while !rest.is_empty() {
         match find_cut(rest, max_units) {
             None => {

@@ -192,3 +192,124 @@ async fn chunked_post_status(url: &str, total: usize) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// Meta hangs up on a slow answer: the delivery must still finish (reply sent, leases
+/// released), so the redelivery finds it answered instead of held.
+#[tokio::test]
+async fn a_client_hanging_up_does_not_abandon_the_delivery() {
+    use whatsapp_webhook::graph::{GraphClient, RetryPolicy};
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(400)))
+        .mount(&graph)
+        .await;
+    let app = App::new(
+        AppOptions {
+            phone_number_id: "123456123456123".into(),
+            verify_token: Secret::new("tok"),
+            app_secrets: vec![Secret::new("s")],
+            allowed_numbers: AllowList::default(),
+            allowed_user_ids: Vec::new(),
+            reply_threading: false,
+            format: whatsapp_webhook::format::Format::WhatsApp,
+            read_receipts: false,
+            unsupported_reply: true,
+            sender_wait: Duration::from_secs(1),
+            max_part_units: 4096,
+        },
+        Arc::new(MemoryStore::new(
+            Duration::from_secs(40),
+            Duration::from_secs(3600),
+        )),
+        Arc::new(EchoEngine),
+        Arc::new(GraphClient::new(
+            reqwest::Client::new(),
+            &graph.uri(),
+            "v21.0",
+            "123456123456123",
+            Secret::new("t"),
+            RetryPolicy::NONE,
+        )),
+        Arc::new(unix_now),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let _ = serve(Arc::new(app), listener).await;
+    });
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.json"),
+    )
+    .expect("fixture");
+    let signature = whatsapp_webhook::webhook::signature::sign("s", &body);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    let first = impatient
+        .post(&url)
+        .header("x-hub-signature-256", &signature)
+        .body(body.clone())
+        .send()
+        .await;
+    assert!(first.is_err(), "the client gave up before the answer");
+    // The reply still reaches the Graph API…
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while graph
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply was never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and the redelivery finds the message answered (waiting out the send), not held.
+    let again = reqwest::Client::new()
+        .post(&url)
+        .header("x-hub-signature-256", &signature)
+        .body(body)
+        .send()
+        .await
+        .expect("redelivery");
+    let status = again.status().as_u16();
+    assert!(status == 200 || status == 503, "{status}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut status = status;
+    while status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still held after the send finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = reqwest::Client::new()
+            .post(&url)
+            .header("x-hub-signature-256", &signature)
+            .body(
+                std::fs::read(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures/text.json"),
+                )
+                .expect("fixture"),
+            )
+            .send()
+            .await
+            .expect("redelivery")
+            .status()
+            .as_u16();
+    }
+    assert_eq!(
+        graph.received_requests().await.unwrap_or_default().len(),
+        1,
+        "sent once"
+    );
+    task.abort();
+}
