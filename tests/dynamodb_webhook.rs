@@ -160,24 +160,6 @@ async fn concurrent_duplicate_deliveries_are_answered_once() {
     assert_eq!(h.engine_calls().await.len(), 1);
 }
 
-/// Graph responder that fails text sends containing `needle`, `times` times.
-fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
-    let left = Arc::new(AtomicUsize::new(times));
-    move |req: &wiremock::Request| {
-        let body = String::from_utf8_lossy(&req.body);
-        if body.contains(needle)
-            && left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            ResponseTemplate::new(503)
-                .set_body_json(json!({"error":{"code":131000,"fbtrace_id":"T"}}))
-        } else {
-            ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
-        }
-    }
-}
-
 #[tokio::test]
 async fn graph_failing_on_part_two_of_three_then_recovering_sends_each_part_once() {
     let table = Table::fresh().await;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -582,28 +581,6 @@ async fn engine_client_error_is_permanent_and_settles() {
     assert_eq!(status(&h.post_json(&body).await), 200);
     assert_eq!(h.engine_calls().await.len(), 1, "settled: not asked again");
     assert_eq!(h.sent_bodies().await, vec![UNAVAILABLE_TEXT]);
-}
-
-/// Graph responder that fails the text sends whose body contains `needle` `times` times.
-fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
-    let left = Arc::new(std::sync::atomic::AtomicUsize::new(times));
-    move |req: &wiremock::Request| {
-        let body = String::from_utf8_lossy(&req.body);
-        if body.contains(needle)
-            && left
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                )
-                .is_ok()
-        {
-            ResponseTemplate::new(500)
-                .set_body_json(json!({"error":{"code":131000,"fbtrace_id":"TRACE"}}))
-        } else {
-            ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
-        }
-    }
 }
 
 #[tokio::test]

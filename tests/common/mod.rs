@@ -305,3 +305,22 @@ pub fn status(response: &Response<Bytes>) -> u16 {
 pub fn body_text(response: &Response<Bytes>) -> String {
     String::from_utf8_lossy(response.body()).into_owned()
 }
+
+/// Graph API responder: refuses (transiently, code 131000) the first `times` text sends
+/// whose body contains `needle`, accepts everything else.
+pub fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(times));
+    move |req: &wiremock::Request| {
+        let body = String::from_utf8_lossy(&req.body);
+        let refuse = body.contains(needle)
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if refuse {
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"error":{"code":131000,"fbtrace_id":"TRACE"}}))
+        } else {
+            ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
+        }
+    }
+}
