@@ -6,13 +6,10 @@
 mod moto;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
-use aws_sdk_dynamodb::error::BoxError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, TimeToLiveStatus};
 use whatsapp_webhook::engine::Mode;
 use whatsapp_webhook::state::dynamodb::create_table;
@@ -549,29 +546,10 @@ async fn unreadable_item_is_corrupt() {
     );
 }
 
-#[derive(Debug, Clone, Default)]
-struct CountRequests(Arc<AtomicUsize>);
-
-impl Intercept for CountRequests {
-    fn name(&self) -> &'static str {
-        "CountRequests"
-    }
-
-    // Once per operation, retries not included.
-    fn read_before_execution(
-        &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn request_counts_per_operation() {
     let moto = moto::shared();
-    let counter = CountRequests::default();
+    let counter = moto::CountRequests::default();
     let client = Client::from_conf(
         moto::config_builder(&moto.endpoint)
             .interceptor(counter.clone())

@@ -6,15 +6,12 @@ mod common;
 mod moto;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
-use aws_sdk_dynamodb::error::BoxError;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use whatsapp_webhook::commands::UNAVAILABLE_TEXT;
 use whatsapp_webhook::state::{Attempt, Begin, DynamoStore, SessionStore};
 use wiremock::matchers::{body_partial_json, method, path};
@@ -191,16 +188,8 @@ async fn graph_failing_on_part_two_of_three_then_recovering_sends_each_part_once
         .build()
         .await;
     assert_eq!(status(&again.post_json(&body).await), 200);
-    let accepted: Vec<String> = h
-        .server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
-        .filter(|b| b["type"] == "text")
-        .map(|b| b["text"]["body"].as_str().unwrap().to_string())
-        .collect();
+    // Every text send the Graph API got, refused ones included.
+    let accepted = h.sent_bodies().await;
     assert_eq!(
         accepted,
         vec![
@@ -397,27 +386,10 @@ async fn unavailable_dynamodb_gives_500_and_sends_nothing() {
     assert!(h.sent_texts().await.is_empty(), "no reply without a claim");
 }
 
-#[derive(Debug, Clone, Default)]
-struct CountRequests(Arc<AtomicUsize>);
-
-impl Intercept for CountRequests {
-    fn name(&self) -> &'static str {
-        "CountRequests"
-    }
-    fn read_before_execution(
-        &self,
-        _: &BeforeSerializationInterceptorContextRef<'_>,
-        _: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn an_ordinary_text_message_costs_three_dynamodb_requests() {
     let table = Table::fresh().await;
-    let counter = CountRequests::default();
+    let counter = moto::CountRequests::default();
     let client = Client::from_conf(
         moto::config_builder(&table.moto.endpoint)
             .interceptor(counter.clone())

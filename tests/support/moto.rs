@@ -149,3 +149,24 @@ pub async fn fresh_table(client: &aws_sdk_dynamodb::Client) -> String {
     assert!(created, "a fresh table must be reported as created");
     table
 }
+
+/// Counts DynamoDB operations made through a client (retries not included).
+#[derive(Debug, Clone, Default)]
+pub struct CountRequests(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl aws_sdk_dynamodb::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<
+            '_,
+        >,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
