@@ -26,6 +26,8 @@ pub const DEFAULT_SESSION_IDLE_TTL_HOURS: u64 = 720;
 /// A little above the function timeout (30 s, API Gateway's cut): a holder that is
 /// still alive is never overtaken, a dead one is overtaken soon after.
 pub const DEFAULT_LEASE_SECS: u64 = 40;
+/// Longest rapid-fire window: longer would hold every first line back noticeably.
+pub const MAX_COMBINE_WINDOW_MS: u64 = 10_000;
 
 /// A value that must never reach a log line: `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -103,6 +105,8 @@ pub struct WhatsAppConfig {
     pub read_receipts: bool,
     /// Answer non-text messages with a short "only text is supported".
     pub unsupported_reply: bool,
+    /// How long a sender's first text waits for quick follow-up lines (rapid-fire).
+    pub combine_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +139,8 @@ pub struct StateConfig {
     pub kind: StateKind,
     pub session_idle_ttl: Duration,
     pub lease: Duration,
+    /// How long an unanswered message holds back newer ones of its sender (0: off).
+    pub order_hold: Duration,
 }
 
 // ---------------------------------------------------------------- raw form
@@ -174,6 +180,7 @@ pub struct RawWhatsApp {
     pub graph_api_version: Option<String>,
     pub read_receipts: Option<bool>,
     pub unsupported_reply: Option<bool>,
+    pub combine_window_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +201,7 @@ pub struct RawState {
     pub endpoint_url: Option<String>,
     pub session_idle_ttl_hours: Option<u64>,
     pub lease_secs: Option<u64>,
+    pub order_hold_secs: Option<u64>,
 }
 
 /// Environment variables that override single fields (documented in the README).
@@ -244,6 +252,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STATE_ENDPOINT_URL", "state.endpoint_url"),
     ("SESSION_IDLE_TTL_HOURS", "state.session_idle_ttl_hours"),
     ("STATE_LEASE_SECS", "state.lease_secs"),
+    ("STATE_ORDER_HOLD_SECS", "state.order_hold_secs"),
+    (
+        "WHATSAPP_COMBINE_WINDOW_MS",
+        "channels.whatsapp.combine_window_ms",
+    ),
 ];
 
 impl RawConfig {
@@ -300,6 +313,9 @@ impl RawConfig {
         if let Some(v) = get("WHATSAPP_UNSUPPORTED_REPLY") {
             w.unsupported_reply = Some(parse_bool("WHATSAPP_UNSUPPORTED_REPLY", &v)?);
         }
+        if let Some(v) = get("WHATSAPP_COMBINE_WINDOW_MS") {
+            w.combine_window_ms = Some(parse_u64("WHATSAPP_COMBINE_WINDOW_MS", &v)?);
+        }
         let e = &mut self.engine;
         set_string(&mut e.kind, get("ENGINE_KIND"));
         set_string(&mut e.url, get("ENGINE_URL"));
@@ -317,6 +333,9 @@ impl RawConfig {
         }
         if let Some(v) = get("STATE_LEASE_SECS") {
             s.lease_secs = Some(parse_u64("STATE_LEASE_SECS", &v)?);
+        }
+        if let Some(v) = get("STATE_ORDER_HOLD_SECS") {
+            s.order_hold_secs = Some(parse_u64("STATE_ORDER_HOLD_SECS", &v)?);
         }
         Ok(())
     }
@@ -441,6 +460,14 @@ impl RawConfig {
             ));
         }
 
+        let combine_window_ms = w.combine_window_ms.unwrap_or(0);
+        if combine_window_ms > MAX_COMBINE_WINDOW_MS {
+            return Err(ConfigError::new(
+                "channels.whatsapp.combine_window_ms",
+                format!("{combine_window_ms} is longer than {MAX_COMBINE_WINDOW_MS} ms"),
+                "use 0 (combine only lines sent during a turn) or e.g. 1500",
+            ));
+        }
         let whatsapp = WhatsAppConfig {
             phone_number_id,
             access_token,
@@ -462,6 +489,7 @@ impl RawConfig {
             graph_api_version,
             read_receipts: w.read_receipts.unwrap_or(true),
             unsupported_reply: w.unsupported_reply.unwrap_or(true),
+            combine_window: Duration::from_millis(combine_window_ms),
         };
         let engine = validate_engine(self.engine, env)?;
         let state = validate_state(self.state, mode)?;
@@ -589,6 +617,9 @@ fn validate_state(s: RawState, mode: RunMode) -> Result<StateConfig, ConfigError
         kind,
         session_idle_ttl: Duration::from_secs(hours * 3600),
         lease: Duration::from_secs(lease_secs),
+        order_hold: s
+            .order_hold_secs
+            .map_or(crate::state::DEFAULT_ORDER_HOLD, Duration::from_secs),
     })
 }
 
@@ -824,6 +855,42 @@ engine:
                 endpoint_url: None
             }
         );
+    }
+
+    #[test]
+    fn rapid_fire_window_and_order_hold_from_yaml_and_env() {
+        let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, combine_window_ms: 1500}}\nstate: {order_hold_secs: 60}";
+        let cfg = load_with(yaml, &[]).unwrap();
+        assert_eq!(cfg.whatsapp.combine_window, Duration::from_millis(1500));
+        assert_eq!(cfg.state.order_hold, Duration::from_secs(60));
+        let cfg = load_with(
+            yaml,
+            &[
+                ("WHATSAPP_COMBINE_WINDOW_MS", "0"),
+                ("STATE_ORDER_HOLD_SECS", "0"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.whatsapp.combine_window, Duration::ZERO);
+        assert_eq!(cfg.state.order_hold, Duration::ZERO);
+        let defaults = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(defaults.whatsapp.combine_window, Duration::ZERO);
+        assert_eq!(defaults.state.order_hold, crate::state::DEFAULT_ORDER_HOLD);
+    }
+
+    #[test]
+    fn too_long_rapid_fire_window_is_an_error() {
+        let err = load_with(
+            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, combine_window_ms: 60000}}",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "channels.whatsapp.combine_window_ms");
+        assert!(err.to_string().contains("fix: use 0"), "{err}");
     }
 
     #[test]

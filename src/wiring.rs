@@ -69,19 +69,22 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
         )),
     };
     let store: Arc<dyn SessionStore> = match &config.state.kind {
-        StateKind::Memory => Arc::new(MemoryStore::new(
-            config.state.lease,
-            config.state.session_idle_ttl,
-        )),
+        StateKind::Memory => Arc::new(
+            MemoryStore::new(config.state.lease, config.state.session_idle_ttl)
+                .with_order_hold(config.state.order_hold),
+        ),
         StateKind::DynamoDb {
             table,
             endpoint_url,
-        } => Arc::new(DynamoStore::new(
-            dynamo_client(endpoint_url.as_deref()).await,
-            table.clone(),
-            config.state.lease,
-            config.state.session_idle_ttl,
-        )),
+        } => Arc::new(
+            DynamoStore::new(
+                dynamo_client(endpoint_url.as_deref()).await,
+                table.clone(),
+                config.state.lease,
+                config.state.session_idle_ttl,
+            )
+            .with_order_hold(config.state.order_hold),
+        ),
     };
     if w.app_secrets.is_empty() {
         tracing::warn!(

@@ -14,7 +14,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType, TimeToLiveStatus};
 use whatsapp_webhook::engine::Mode;
 use whatsapp_webhook::state::dynamodb::create_table;
 use whatsapp_webhook::state::{
-    Attempt, Begin, DynamoStore, MemoryStore, Progress, SessionRecord, SessionStore, StateError,
+    Attempt, Begin, Claim, DynamoStore, MemoryStore, Merged, Progress, SessionRecord, SessionStore,
+    StateError, waiting_entry,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -26,6 +27,21 @@ fn attempt<'a>(message_id: &'a str, sender: &'a str, token: &'a str) -> Attempt<
         message_id,
         sender,
         token,
+        timestamp: T0,
+        merged: &[],
+    }
+}
+
+/// An attempt at a message sent at `timestamp`.
+fn attempt_at<'a>(
+    message_id: &'a str,
+    sender: &'a str,
+    token: &'a str,
+    timestamp: u64,
+) -> Attempt<'a> {
+    Attempt {
+        timestamp,
+        ..attempt(message_id, sender, token)
     }
 }
 
@@ -39,7 +55,28 @@ fn session(id: &str, mode: Mode, updated_at: u64) -> SessionRecord {
 }
 
 fn ready(session: Option<SessionRecord>, progress: Progress) -> Begin {
-    Begin::Ready { session, progress }
+    Begin::Ready {
+        session,
+        progress,
+        waiting: Vec::new(),
+    }
+}
+
+/// `begin`'s answer with these (message id, timestamp) waiting behind it.
+fn waiting_behind(ready: Begin, behind: &[(&str, u64)]) -> Begin {
+    match ready {
+        Begin::Ready {
+            session, progress, ..
+        } => Begin::Ready {
+            session,
+            progress,
+            waiting: behind
+                .iter()
+                .map(|(id, ts)| waiting_entry(id, *ts))
+                .collect(),
+        },
+        other => other,
+    }
 }
 
 fn memory() -> MemoryStore {
@@ -321,6 +358,290 @@ async fn finish_after_sender_takeover_keeps_the_new_lease(store: &dyn SessionSto
     );
 }
 
+// ---------------------------------------------------------------- order
+
+async fn an_older_waiting_message_goes_first(store: &dyn SessionStore) {
+    let sender = "4915550031";
+    let holder = attempt_at("wamid.O1", sender, "t1", T0);
+    assert!(matches!(
+        store.begin(&holder, T0).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+    // Two messages wait for the sender; the newer one asks first.
+    let newer = attempt_at("wamid.O3", sender, "t3", T0 + 2);
+    let older = attempt_at("wamid.O2", sender, "t2", T0 + 1);
+    assert_eq!(
+        store.begin(&newer, T0 + 3).await.unwrap(),
+        Begin::SenderBusy
+    );
+    assert_eq!(
+        store.begin(&older, T0 + 3).await.unwrap(),
+        Begin::SenderBusy
+    );
+    let s = session("s1", Mode::Normal, T0 + 4);
+    store.finish(&holder, &s, T0 + 4).await.unwrap();
+    // The sender is free, but the older message waits: the newer one must not pass.
+    assert_eq!(
+        store.begin(&newer, T0 + 5).await.unwrap(),
+        Begin::SenderBusy
+    );
+    // …and learns that the newer one waits behind it.
+    assert_eq!(
+        store.begin(&older, T0 + 5).await.unwrap(),
+        waiting_behind(
+            ready(Some(s.clone()), Progress::default()),
+            &[("wamid.O3", T0 + 2)]
+        )
+    );
+    store.finish(&older, &s, T0 + 6).await.unwrap();
+    assert_eq!(
+        store.begin(&newer, T0 + 7).await.unwrap(),
+        ready(Some(s), Progress::default())
+    );
+}
+
+async fn an_abandoned_message_holds_back_newer_ones(store: &dyn SessionStore) {
+    let sender = "4915550032";
+    let failed = attempt_at("wamid.P1", sender, "t1", T0);
+    store.begin(&failed, T0).await.unwrap();
+    let progress = Progress {
+        parts: vec!["one".into(), "two".into()],
+        sent: 1,
+        notice_sent: false,
+    };
+    let s = session("s1", Mode::Normal, T0);
+    store.abandon(&failed, &progress, &s, T0 + 1).await.unwrap();
+    let newer = attempt_at("wamid.P2", sender, "t2", T0 + 2);
+    assert_eq!(
+        store.begin(&newer, T0 + 2).await.unwrap(),
+        Begin::SenderBusy
+    );
+    // Meta redelivers the failed message: it goes first and resumes.
+    let again = attempt_at("wamid.P1", sender, "t3", T0);
+    assert_eq!(
+        store.begin(&again, T0 + 10).await.unwrap(),
+        waiting_behind(ready(Some(s.clone()), progress), &[("wamid.P2", T0 + 2)])
+    );
+    store.finish(&again, &s, T0 + 11).await.unwrap();
+    assert!(matches!(
+        store.begin(&newer, T0 + 12).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+}
+
+async fn a_waiting_message_stops_holding_back_after_the_order_hold(store: &dyn SessionStore) {
+    let hold = whatsapp_webhook::state::DEFAULT_ORDER_HOLD.as_secs();
+    let sender = "4915550033";
+    let failed = attempt_at("wamid.Q1", sender, "t1", T0);
+    store.begin(&failed, T0).await.unwrap();
+    let s = session("s1", Mode::Normal, T0);
+    store
+        .abandon(&failed, &Progress::default(), &s, T0 + 1)
+        .await
+        .unwrap();
+    // Meta never comes back with it: once it is `hold` old it no longer blocks.
+    let newer = attempt_at("wamid.Q2", sender, "t2", T0 + hold - 2);
+    assert_eq!(
+        store.begin(&newer, T0 + hold - 1).await.unwrap(),
+        Begin::SenderBusy
+    );
+    assert!(matches!(
+        store.begin(&newer, T0 + hold).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+}
+
+async fn merged_messages_are_done_with_their_turn(store: &dyn SessionStore) {
+    let sender = "4915550034";
+    let merged = [
+        Merged {
+            message_id: "wamid.R2",
+            timestamp: T0 + 1,
+        },
+        Merged {
+            message_id: "wamid.R3",
+            timestamp: T0 + 2,
+        },
+    ];
+    let first = attempt_at("wamid.R1", sender, "t1", T0);
+    store.begin(&first, T0 + 3).await.unwrap();
+    for m in &merged {
+        let claim = attempt_at(m.message_id, sender, "t1", m.timestamp);
+        assert_eq!(
+            store.claim(&claim, T0 + 3).await.unwrap(),
+            Claim::Claimed(Progress::default())
+        );
+        // Held: another delivery of it is busy.
+        let other = attempt_at(m.message_id, sender, "x", m.timestamp);
+        assert_eq!(store.claim(&other, T0 + 3).await.unwrap(), Claim::Busy);
+    }
+    let turn = Attempt {
+        merged: &merged,
+        ..first
+    };
+    store
+        .finish(&turn, &session("s1", Mode::Normal, T0 + 4), T0 + 4)
+        .await
+        .unwrap();
+    for m in &merged {
+        let redelivery = attempt_at(m.message_id, sender, "t9", m.timestamp);
+        assert_eq!(store.begin(&redelivery, T0 + 5).await.unwrap(), Begin::Done);
+    }
+}
+
+async fn a_combined_turn_that_sent_nothing_releases_its_messages(store: &dyn SessionStore) {
+    let sender = "4915550035";
+    let merged = [Merged {
+        message_id: "wamid.S2",
+        timestamp: T0 + 1,
+    }];
+    let first = attempt_at("wamid.S1", sender, "t1", T0);
+    store.begin(&first, T0 + 2).await.unwrap();
+    store
+        .claim(&attempt_at("wamid.S2", sender, "t1", T0 + 1), T0 + 2)
+        .await
+        .unwrap();
+    let turn = Attempt {
+        merged: &merged,
+        ..first
+    };
+    let notice = Progress {
+        notice_sent: true,
+        ..Progress::default()
+    };
+    let s = session("s1", Mode::Normal, T0 + 2);
+    store.abandon(&turn, &notice, &s, T0 + 3).await.unwrap();
+    // Both come back; the second waits for the first, then carries the notice flag.
+    let second = attempt_at("wamid.S2", sender, "t2", T0 + 1);
+    assert_eq!(
+        store.begin(&second, T0 + 4).await.unwrap(),
+        Begin::SenderBusy
+    );
+    let again = attempt_at("wamid.S1", sender, "t3", T0);
+    assert_eq!(
+        store.begin(&again, T0 + 5).await.unwrap(),
+        waiting_behind(
+            ready(Some(s.clone()), notice.clone()),
+            &[("wamid.S2", T0 + 1)]
+        )
+    );
+    store.finish(&again, &s, T0 + 6).await.unwrap();
+    assert_eq!(
+        store.begin(&second, T0 + 7).await.unwrap(),
+        ready(Some(s), notice)
+    );
+}
+
+async fn a_combined_turn_cut_short_keeps_the_reply_on_its_first_message(store: &dyn SessionStore) {
+    let sender = "4915550036";
+    let merged = [Merged {
+        message_id: "wamid.U2",
+        timestamp: T0 + 1,
+    }];
+    let first = attempt_at("wamid.U1", sender, "t1", T0);
+    store.begin(&first, T0 + 2).await.unwrap();
+    store
+        .claim(&attempt_at("wamid.U2", sender, "t1", T0 + 1), T0 + 2)
+        .await
+        .unwrap();
+    let turn = Attempt {
+        merged: &merged,
+        ..first
+    };
+    let progress = Progress {
+        parts: vec!["a".into(), "b".into()],
+        sent: 1,
+        notice_sent: false,
+    };
+    let s = session("s1", Mode::Normal, T0 + 2);
+    store.abandon(&turn, &progress, &s, T0 + 3).await.unwrap();
+    // Part of the combined reply went out: the second message is answered by it.
+    assert_eq!(
+        store
+            .begin(&attempt_at("wamid.U2", sender, "t2", T0 + 1), T0 + 4)
+            .await
+            .unwrap(),
+        Begin::Done
+    );
+    assert_eq!(
+        store
+            .begin(&attempt_at("wamid.U1", sender, "t3", T0), T0 + 5)
+            .await
+            .unwrap(),
+        ready(Some(s), progress)
+    );
+}
+
+/// M2 waits; M1 (older) takes the sender and answers M2 in the same turn, which ends
+/// with `settle`; afterwards no stale entry of M2 may hold back the newer M3.
+async fn merged_waiting_message_leaves_the_line(
+    store: &dyn SessionStore,
+    sender: &str,
+    settle: Option<Progress>,
+) {
+    let holder = attempt_at("wamid.V0", sender, "t0", T0);
+    store.begin(&holder, T0).await.unwrap();
+    let m2 = attempt_at("wamid.V2", sender, "t2", T0 + 2);
+    assert_eq!(store.begin(&m2, T0 + 2).await.unwrap(), Begin::SenderBusy);
+    let s = session("s1", Mode::Normal, T0 + 3);
+    store.finish(&holder, &s, T0 + 3).await.unwrap();
+    let m1 = attempt_at("wamid.V1", sender, "t1", T0 + 1);
+    assert_eq!(
+        store.begin(&m1, T0 + 4).await.unwrap(),
+        waiting_behind(
+            ready(Some(s.clone()), Progress::default()),
+            &[("wamid.V2", T0 + 2)]
+        )
+    );
+    let claim = attempt_at("wamid.V2", sender, "t1", T0 + 2);
+    assert!(matches!(
+        store.claim(&claim, T0 + 4).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    let merged = [Merged {
+        message_id: "wamid.V2",
+        timestamp: T0 + 2,
+    }];
+    let turn = Attempt {
+        merged: &merged,
+        ..m1
+    };
+    match settle {
+        None => store.finish(&turn, &s, T0 + 5).await.unwrap(),
+        Some(progress) => {
+            store.abandon(&turn, &progress, &s, T0 + 5).await.unwrap();
+            // M1 comes back and finishes its reply.
+            let again = attempt_at("wamid.V1", sender, "t4", T0 + 1);
+            assert!(matches!(
+                store.begin(&again, T0 + 6).await.unwrap(),
+                Begin::Ready { .. }
+            ));
+            store.finish(&again, &s, T0 + 7).await.unwrap();
+        }
+    }
+    let m3 = attempt_at("wamid.V3", sender, "t3", T0 + 8);
+    assert_eq!(
+        store.begin(&m3, T0 + 8).await.unwrap(),
+        ready(Some(s), Progress::default()),
+        "nothing waits any more"
+    );
+}
+
+async fn a_merged_message_that_waited_leaves_the_line_when_answered(store: &dyn SessionStore) {
+    merged_waiting_message_leaves_the_line(store, "4915550037", None).await;
+}
+
+async fn a_merged_message_that_waited_leaves_the_line_when_its_reply_is_under_way(
+    store: &dyn SessionStore,
+) {
+    let cut_short = Progress {
+        parts: vec!["a".into(), "b".into()],
+        sent: 1,
+        notice_sent: false,
+    };
+    merged_waiting_message_leaves_the_line(store, "4915550038", Some(cut_short)).await;
+}
+
 macro_rules! contract {
     ($($scenario:ident),* $(,)?) => {
         mod memory_store {
@@ -353,6 +674,14 @@ contract!(
     abandon_keeps_progress_and_releases_both,
     abandon_without_parts_clears_stored_parts,
     finish_after_sender_takeover_keeps_the_new_lease,
+    an_older_waiting_message_goes_first,
+    an_abandoned_message_holds_back_newer_ones,
+    a_waiting_message_stops_holding_back_after_the_order_hold,
+    merged_messages_are_done_with_their_turn,
+    a_combined_turn_that_sent_nothing_releases_its_messages,
+    a_combined_turn_cut_short_keeps_the_reply_on_its_first_message,
+    a_merged_message_that_waited_leaves_the_line_when_answered,
+    a_merged_message_that_waited_leaves_the_line_when_its_reply_is_under_way,
 );
 
 // ---------------------------------------------------------------- DynamoDB only
@@ -574,7 +903,11 @@ async fn request_counts_per_operation() {
         env.store.begin(&b, T0 + 1).await.unwrap(),
         Begin::SenderBusy
     );
-    assert_eq!(count(), 3, "begin with a busy sender");
+    assert_eq!(
+        count(),
+        4,
+        "begin with a busy sender: claim, lease, join the waiting list, release"
+    );
 
     env.store
         .finish(&a, &session("s", Mode::Normal, T0), T0)
@@ -584,6 +917,22 @@ async fn request_counts_per_operation() {
 
     assert_eq!(env.store.begin(&a, T0 + 2).await.unwrap(), Begin::Done);
     assert_eq!(count(), 1, "begin of a done message");
+
+    let b = attempt("wamid.K2", sender, "t5");
+    assert!(matches!(
+        env.store.begin(&b, T0 + 2).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+    assert_eq!(
+        count(),
+        3,
+        "begin of a waiting message: claim, lease refused, lease with the list rewritten"
+    );
+    env.store
+        .finish(&b, &session("s", Mode::Normal, T0 + 2), T0 + 2)
+        .await
+        .unwrap();
+    count();
 
     let c = attempt("wamid.K3", sender, "t3");
     env.store.begin(&c, T0 + 3).await.unwrap();

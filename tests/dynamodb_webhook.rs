@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use serde_json::json;
 use whatsapp_webhook::commands::UNAVAILABLE_TEXT;
@@ -50,6 +51,25 @@ impl Table {
     }
 
     /// Every attribute value in the table, rendered as text.
+    /// How many messages wait in the waiting list of `sender`.
+    async fn waiting(&self, sender: &str) -> usize {
+        moto::client(&self.moto.endpoint)
+            .get_item()
+            .table_name(&self.name)
+            .key("pk", AttributeValue::S(format!("sender#{sender}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .ok()
+            .and_then(|out| out.item)
+            .and_then(|item| {
+                item.get("waiting")
+                    .and_then(|w| w.as_ss().ok())
+                    .map(Vec::len)
+            })
+            .unwrap_or(0)
+    }
+
     async fn dump(&self) -> String {
         let out = moto::client(&self.moto.endpoint)
             .scan()
@@ -346,6 +366,8 @@ async fn a_dead_holder_is_overtaken_after_its_lease() {
         message_id: "wamid.SAMPLE.text.0001",
         sender: "15557654321",
         token: "dead",
+        timestamp: 0,
+        merged: &[],
     };
     assert!(matches!(
         store.begin(&dead, h.clock.now()).await.unwrap(),
@@ -466,4 +488,60 @@ async fn throttled_dynamodb_gives_500_and_sends_nothing() {
     assert!(h.sent_texts().await.is_empty());
     let attempts = dynamo.received_requests().await.unwrap_or_default().len();
     assert_eq!(attempts, 3, "the SDK's bounded retry, then give up");
+}
+
+#[tokio::test]
+async fn a_failed_message_is_answered_before_a_newer_one_across_deliveries() {
+    let table = Table::fresh().await;
+    let h = Harness::builder()
+        .store(table.store())
+        .options(|o| o.sender_wait = Duration::from_millis(100))
+        .build()
+        .await;
+    order_survives_a_failed_delivery(&h).await;
+}
+
+#[tokio::test]
+async fn a_message_that_gave_up_waiting_on_another_instance_still_goes_first() {
+    let table = Table::fresh().await;
+    let engine = Arc::new(GatedEngine::default());
+    let server = Arc::new(wiremock::MockServer::start().await);
+    // Three Lambda instances sharing the table and the Graph API.
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let h = Harness::builder()
+            .store(table.store())
+            .engine(engine.clone())
+            .server(server.clone())
+            .options(|o| o.sender_wait = Duration::from_millis(200))
+            .build()
+            .await;
+        instances.push(Arc::new(h));
+    }
+    instances[0].graph_accepts().await;
+    let from = "15557654321";
+    let now = instances[0].clock.now();
+    let first = text_message_at(from, "wamid.X1", "first", now);
+    let older = text_message_at(from, "wamid.X2", "older", now + 1);
+    let newer = text_message_at(from, "wamid.X3", "newer", now + 2);
+    let running = {
+        let h = instances[0].clone();
+        tokio::spawn(async move { status(&h.post_json(&first).await) })
+    };
+    engine.first_turn_started().await;
+    // The older message finds the sender busy past its wait: 503, Meta will come back.
+    assert_eq!(status(&instances[1].post_json(&older).await), 503);
+    assert_eq!(table.waiting(from).await, 1);
+    engine.open();
+    assert_eq!(running.await.unwrap(), 200);
+    // The sender is free now, but the newer message must not overtake the older one.
+    assert_eq!(status(&instances[2].post_json(&newer).await), 503);
+    assert_eq!(status(&instances[1].post_json(&older).await), 200);
+    assert_eq!(status(&instances[2].post_json(&newer).await), 200);
+    assert_eq!(engine.texts(), ["first", "older", "newer"]);
+    assert_eq!(
+        instances[0].sent_bodies().await,
+        ["re: first", "re: older", "re: newer"]
+    );
+    assert_eq!(table.waiting(from).await, 0, "nobody waits any more");
 }

@@ -32,6 +32,7 @@ fn local_app() -> App {
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),
             max_part_units: 4096,
+            combine_window: std::time::Duration::ZERO,
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),

@@ -106,6 +106,7 @@ async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),
             max_part_units: 4096,
+            combine_window: std::time::Duration::ZERO,
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),
@@ -219,6 +220,7 @@ async fn a_client_hanging_up_does_not_abandon_the_delivery() {
             unsupported_reply: true,
             sender_wait: Duration::from_secs(1),
             max_part_units: 4096,
+            combine_window: std::time::Duration::ZERO,
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),

@@ -893,3 +893,157 @@ async fn a_code_block_cut_in_two_is_closed_and_reopened() {
         assert!(all.contains(line.as_str()), "{line} kept");
     }
 }
+
+// ---------------------------------------------------------------- rapid-fire turns
+
+/// Posts `bodies` from separate tasks, as separate webhook requests would arrive.
+fn post_in_background(h: &std::sync::Arc<Harness>, body: Value) -> tokio::task::JoinHandle<u16> {
+    let h = h.clone();
+    tokio::spawn(async move { status(&h.post_json(&body).await) })
+}
+
+#[tokio::test]
+async fn lines_sent_while_a_turn_runs_are_answered_as_one_turn() {
+    let engine = std::sync::Arc::new(GatedEngine::default());
+    let h = std::sync::Arc::new(Harness::builder().engine(engine.clone()).build().await);
+    h.graph_accepts().await;
+    let from = "15557654321";
+    let now = h.clock.now();
+    let first = post_in_background(&h, text_message_at(from, "wamid.RF1", "hi", now));
+    engine.first_turn_started().await;
+    // Two quick lines while the engine works on the first; the later one arrives first.
+    let third = post_in_background(
+        &h,
+        text_message_at(from, "wamid.RF3", "with my order", now + 2),
+    );
+    let second = post_in_background(
+        &h,
+        text_message_at(from, "wamid.RF2", "I need help", now + 1),
+    );
+    eventually("both lines queued", async || h.app.waiting_requests() == 2).await;
+    engine.open();
+    for request in [first, second, third] {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(engine.texts(), ["hi", "I need help\nwith my order"]);
+    assert_eq!(
+        h.sent_bodies().await,
+        ["re: hi", "re: I need help\nwith my order"],
+        "one answer for the two quick lines"
+    );
+    // Each combined message is done: a redelivery sends nothing.
+    assert_eq!(
+        status(
+            &h.post_json(&text_message_at(
+                from,
+                "wamid.RF3",
+                "with my order",
+                now + 2
+            ))
+            .await
+        ),
+        200
+    );
+    assert_eq!(h.sent_bodies().await.len(), 2);
+    assert_eq!(h.app.waiting_requests(), 0);
+}
+
+#[tokio::test]
+async fn lines_batched_in_one_post_are_one_turn_and_commands_stay_apart() {
+    let h = Harness::start().await;
+    let from = "15557654321";
+    let now = h.clock.now();
+    let mut body = text_message_at(from, "wamid.RB1", "first line", now);
+    let lines = [
+        ("wamid.RB2", "second line", now + 1),
+        ("wamid.RB3", "/new", now + 2),
+        ("wamid.RB4", "after the command", now + 3),
+    ];
+    let template = body["entry"][0]["changes"][0]["value"]["messages"][0].clone();
+    for (id, text, ts) in lines {
+        let mut message = template.clone();
+        message["id"] = json!(id);
+        message["text"]["body"] = json!(text);
+        message["timestamp"] = json!(ts.to_string());
+        body["entry"][0]["changes"][0]["value"]["messages"]
+            .as_array_mut()
+            .unwrap()
+            .push(message);
+    }
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    let engine: Vec<String> = h
+        .engine_calls()
+        .await
+        .iter()
+        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(engine, ["first line\nsecond line", "after the command"]);
+    let sent = h.sent_bodies().await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0], "echo: first line\nsecond line");
+    assert_eq!(
+        sent[1],
+        whatsapp_webhook::commands::Command::New.confirmation()
+    );
+    assert_eq!(sent[2], "echo: after the command");
+    // The read receipt goes to the latest line of the combined turn.
+    assert_eq!(h.read_receipts().await[0]["message_id"], "wamid.RB2");
+}
+
+#[tokio::test]
+async fn the_combine_window_waits_for_quick_follow_up_lines() {
+    let h = std::sync::Arc::new(
+        Harness::builder()
+            .options(|o| o.combine_window = Duration::from_millis(1500))
+            .build()
+            .await,
+    );
+    h.graph_accepts().await;
+    h.engine_echoes().await;
+    let from = "15557654321";
+    let now = h.clock.now();
+    let first = post_in_background(&h, text_message_at(from, "wamid.W1", "hello", now));
+    let second = post_in_background(
+        &h,
+        text_message_at(from, "wamid.W2", "are you there", now + 1),
+    );
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
+    assert_eq!(h.sent_bodies().await, ["echo: hello\nare you there"]);
+}
+
+#[tokio::test]
+async fn a_message_that_failed_is_answered_before_a_newer_one() {
+    let h = Harness::builder()
+        .options(|o| o.sender_wait = Duration::from_millis(100))
+        .build()
+        .await;
+    order_survives_a_failed_delivery(&h).await;
+}
+
+#[tokio::test]
+async fn a_redelivery_queued_beside_its_first_delivery_is_answered_once() {
+    let engine = std::sync::Arc::new(GatedEngine::default());
+    let h = std::sync::Arc::new(Harness::builder().engine(engine.clone()).build().await);
+    h.graph_accepts().await;
+    let from = "15557654321";
+    let now = h.clock.now();
+    let first = post_in_background(&h, text_message_at(from, "wamid.D1", "one", now));
+    engine.first_turn_started().await;
+    let body = text_message_at(from, "wamid.D2", "two", now + 1);
+    let delivery = post_in_background(&h, body.clone());
+    let redelivery = post_in_background(&h, body);
+    eventually("both deliveries queued", async || {
+        h.app.waiting_requests() == 2
+    })
+    .await;
+    engine.open();
+    for request in [first, delivery, redelivery] {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        engine.texts(),
+        ["one", "two"],
+        "the same message is one line"
+    );
+    assert_eq!(h.sent_bodies().await, ["re: one", "re: two"]);
+}

@@ -53,6 +53,7 @@ fn new_app() -> Arc<App> {
             unsupported_reply: true,
             sender_wait: Duration::from_millis(10),
             max_part_units: 4096,
+            combine_window: std::time::Duration::ZERO,
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),

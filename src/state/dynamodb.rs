@@ -17,6 +17,8 @@
 //! | `holder`      | S    | lease token of the attempt answering this sender (removed on release) |
 //! | `lease_until` | N    | unix seconds the sender lease ends (removed on release)    |
 //! | `ttl`         | N    | `updated_at + session idle ttl + lease` (`begin` sets `now + idle ttl + lease`, so the item outlives the lease) |
+//! | `waiting`     | SS   | waiting list: `<timestamp, 12 digits>#<message hash>` of messages that wait for their turn (absent when empty) |
+//! | `waiting_version` | N | bumped on every change of `waiting`, so a rewrite of the list is conditioned on it |
 //!
 //! **User link item**, `pk = "user#<business-scoped user id>"`: `sender` (S, the sender
 //! key of the same person, written when a message carries both a phone number and a user
@@ -41,15 +43,30 @@
 //! and the handler never saves `parts` for OTR sessions, so no reply text outlives
 //! its delivery.
 //!
+//! # Order
+//!
+//! The sender lease is granted by one UpdateItem conditioned on a free lease *and* an
+//! empty waiting list. When the list is not empty, the failed condition returns the
+//! item; if no live entry is older than this message, a second UpdateItem takes the
+//! lease and rewrites the list without this message's entry and without expired ones,
+//! conditioned on `waiting_version`. A message that must wait adds its entry (`ADD`)
+//! before handing its claim back; `abandon` adds the failed message's entry in its
+//! transaction; entries older than the order hold are ignored and dropped at the next
+//! rewrite. See [`super`] ("Order").
+//!
 //! # Requests per message
 //!
 //! * `begin`: 2 × UpdateItem (claim the message, returning its progress; lease the
-//!   sender, returning its session). A busy sender adds a third UpdateItem that hands
-//!   the message claim back at once.
+//!   sender, returning its session). A busy sender adds two UpdateItems (join the
+//!   waiting list, hand the message claim back at once); a message that waited adds
+//!   one (the lease with the list rewritten).
+//! * `claim` (a rapid-fire message joining a turn): 1 × UpdateItem.
 //! * `save_progress`: 1 × UpdateItem.
-//! * `finish` / `abandon`: 1 × TransactWriteItems (message + sender). Only when the
-//!   sender lease was taken over meanwhile does a second transaction write the session
-//!   without touching the other attempt's lease.
+//! * `finish` / `abandon`: 1 × TransactWriteItems (message items + sender). Only when
+//!   the sender lease was taken over meanwhile does a second transaction write the
+//!   session without touching the other attempt's lease; an abandoned combined turn
+//!   whose reply was under way adds an UpdateItem taking its merged messages off the
+//!   waiting list.
 //!
 //! So an ordinary message costs 3 requests. Every write is conditioned on the
 //! attempt's lease token; a failed condition means [`StateError::LostLease`].
@@ -80,11 +97,15 @@ use aws_sdk_dynamodb::types::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    Attempt, Begin, DEDUP_RETENTION, Progress, SessionRecord, SessionStore, StateError, message_key,
+    Attempt, Begin, Claim, DEDUP_RETENTION, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord,
+    SessionStore, StateError, is_live, message_key, place_in_line, waiting_entry,
 };
 use crate::engine::Mode;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// A granted sender lease: the session, and the waiting list left behind.
+type Leased = (Option<SessionRecord>, Vec<String>);
 
 /// Attribute names: all go through `#name` placeholders, as several (`ttl`, `mode`,
 /// `session_id`…) are or may become DynamoDB reserved words.
@@ -101,6 +122,8 @@ const MODE: &str = "mode";
 const CREATED_AT: &str = "created_at";
 const UPDATED_AT: &str = "updated_at";
 const SENDER: &str = "sender";
+const WAITING: &str = "waiting";
+const WAITING_VERSION: &str = "waiting_version";
 
 const THROTTLING_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
@@ -265,6 +288,7 @@ pub struct DynamoStore {
     table: String,
     lease: Duration,
     session_idle_ttl: Duration,
+    order_hold: Duration,
 }
 
 impl DynamoStore {
@@ -274,7 +298,14 @@ impl DynamoStore {
             table,
             lease,
             session_idle_ttl,
+            order_hold: DEFAULT_ORDER_HOLD,
         }
+    }
+
+    /// How long an unanswered message holds back newer ones (see [`super`], "Order").
+    pub fn with_order_hold(mut self, order_hold: Duration) -> Self {
+        self.order_hold = order_hold;
+        self
     }
 
     /// Claim the message item. `Err(Ok(begin))` is a final answer (Done / MessageBusy).
@@ -341,41 +372,167 @@ impl DynamoStore {
         }
     }
 
-    /// Lease the sender; `None` when another attempt holds it.
+    /// Lease the sender; `None` when another attempt holds it or an older message is
+    /// waiting (then this message is put on the waiting list).
+    ///
+    /// The usual case is one request, conditioned on a free lease and an empty waiting
+    /// list. When the list is not empty, the item returned by the failed condition says
+    /// whether this message is next; if so, a second request takes the lease and
+    /// rewrites the list, conditioned on its version.
     async fn lease_sender(
         &self,
         attempt: &Attempt<'_>,
         now: u64,
-    ) -> Result<Option<Option<SessionRecord>>, StateError> {
+    ) -> Result<Option<Leased>, StateError> {
+        let idle = self.session_idle_ttl.as_secs();
+        let mine = waiting_entry(attempt.message_id, attempt.timestamp);
+        let mut old = match self.take_sender(attempt, now, None).await? {
+            Ok(item) => {
+                let session = read_session(&item)?.filter(|s| s.updated_at + idle > now);
+                return Ok(Some((session, Vec::new())));
+            }
+            Err(old) => old,
+        };
+        // A few rounds against concurrent list writers, then give up as busy.
+        for _ in 0..3 {
+            let leased_to_other = get_u64(&old, LEASE_UNTIL)?.is_some_and(|until| until > now)
+                && get_str(&old, HOLDER)? != Some(attempt.token);
+            let waiting = get_string_set(&old, WAITING)?;
+            match place_in_line(&waiting, &mine, now, self.order_hold) {
+                Place::Next { remaining } if !leased_to_other => {
+                    let version = get_u64(&old, WAITING_VERSION)?;
+                    match self
+                        .take_sender(attempt, now, Some((version, remaining.clone())))
+                        .await?
+                    {
+                        Ok(item) => {
+                            let session =
+                                read_session(&item)?.filter(|s| s.updated_at + idle > now);
+                            return Ok(Some((session, remaining)));
+                        }
+                        Err(newer) => old = newer,
+                    }
+                }
+                Place::Behind { listed: true } => return Ok(None),
+                _ => {
+                    if !waiting.contains(&mine) {
+                        self.wait_in_line(attempt, &[mine], now).await?;
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        self.wait_in_line(attempt, &[mine], now).await?;
+        Ok(None)
+    }
+
+    /// One UpdateItem taking the sender lease: `Ok(item after)`, or `Err(item before)`
+    /// when the lease is held or the waiting list is not as expected. `list` is `None`
+    /// for "the list must be empty", else the version seen and the list to write.
+    async fn take_sender(
+        &self,
+        attempt: &Attempt<'_>,
+        now: u64,
+        list: Option<(Option<u64>, Vec<String>)>,
+    ) -> Result<Result<Item, Item>, StateError> {
         let lease = self.lease.as_secs();
         let idle = self.session_idle_ttl.as_secs();
+        let lease_free =
+            "(attribute_not_exists(#lease_until) OR #lease_until <= :now OR #holder = :token)";
+        // The item must outlive our lease even if its session is long expired.
+        let set_lease = "SET #holder = :token, #lease_until = :lease_until, #ttl = :ttl";
+        let mut values = Item::from([
+            (":token".to_string(), s(attempt.token)),
+            (":lease_until".to_string(), n(now + lease)),
+            (":ttl".to_string(), n(now + idle + lease)),
+            (":now".to_string(), n(now)),
+        ]);
+        let mut attributes = vec![HOLDER, LEASE_UNTIL, TTL, WAITING];
+        let (update, condition) = match list {
+            None => (
+                set_lease.to_string(),
+                format!("{lease_free} AND attribute_not_exists(#waiting)"),
+            ),
+            Some((version, remaining)) => {
+                attributes.push(WAITING_VERSION);
+                values.insert(":next_version".into(), n(version.unwrap_or(0) + 1));
+                let version_check = match version {
+                    Some(v) => {
+                        values.insert(":version".into(), n(v));
+                        "#waiting_version = :version"
+                    }
+                    None => "attribute_not_exists(#waiting_version)",
+                };
+                let update = if remaining.is_empty() {
+                    format!("{set_lease}, #waiting_version = :next_version REMOVE #waiting")
+                } else {
+                    values.insert(":waiting".into(), AttributeValue::Ss(remaining));
+                    format!("{set_lease}, #waiting_version = :next_version, #waiting = :waiting")
+                };
+                (update, format!("{lease_free} AND {version_check}"))
+            }
+        };
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, sender_pk(attempt.sender))
-            // The item must outlive our lease even if its session is long expired.
-            .update_expression("SET #holder = :token, #lease_until = :lease_until, #ttl = :ttl")
-            .condition_expression(
-                "attribute_not_exists(#lease_until) OR #lease_until <= :now OR #holder = :token",
-            )
-            .set_expression_attribute_names(Some(names(&[HOLDER, LEASE_UNTIL, TTL])))
-            .expression_attribute_values(":token", s(attempt.token))
-            .expression_attribute_values(":lease_until", n(now + lease))
-            .expression_attribute_values(":ttl", n(now + idle + lease))
-            .expression_attribute_values(":now", n(now))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&attributes)))
+            .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(out) => {
-                let item = out.attributes().ok_or_else(|| no_attributes("sender"))?;
-                let session = read_session(item)?.filter(|s| s.updated_at + idle > now);
-                Ok(Some(session))
-            }
-            Err(e) if is_condition_failed(&e) => Ok(None),
+            Ok(out) => Ok(Ok(out
+                .attributes()
+                .ok_or_else(|| no_attributes("sender"))?
+                .clone())),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    Ok(Err(failed.item().cloned().unwrap_or_default()))
+                }
+                _ => Err(classify("UpdateItem", &SdkError::ServiceError(e))),
+            },
             Err(e) => Err(classify("UpdateItem", &e)),
         }
+    }
+
+    /// Put `entries` on the sender's waiting list (entries already too old are left out).
+    async fn wait_in_line(
+        &self,
+        attempt: &Attempt<'_>,
+        entries: &[String],
+        now: u64,
+    ) -> Result<(), StateError> {
+        let live: Vec<String> = entries
+            .iter()
+            .filter(|e| is_live(e, now, self.order_hold))
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, sender_pk(attempt.sender))
+            .update_expression(
+                "ADD #waiting :entries, #waiting_version :one SET #ttl = if_not_exists(#ttl, :ttl)",
+            )
+            .set_expression_attribute_names(Some(names(&[WAITING, WAITING_VERSION, TTL])))
+            .expression_attribute_values(":entries", AttributeValue::Ss(live))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(
+                ":ttl",
+                n(now + self.session_idle_ttl.as_secs() + self.lease.as_secs()),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("UpdateItem", &e))
     }
 
     /// Hand the message claim back at once, so its redelivery need not wait out our
@@ -402,35 +559,36 @@ impl DynamoStore {
         }
     }
 
-    /// The message-item half of `finish` / `abandon`: `progress` `None` marks it done.
+    /// One message item of `finish` / `abandon`, conditioned on the attempt's lease.
     fn settle_message(
         &self,
         attempt: &Attempt<'_>,
-        progress: Option<&Progress>,
+        message_id: &str,
+        settled: &Settled<'_>,
     ) -> Result<TransactWriteItem, StateError> {
         let mut values = Item::from([
             (":token".to_string(), s(attempt.token)),
             (":false".to_string(), AttributeValue::Bool(false)),
             (":zero".to_string(), n(0)),
         ]);
-        let expression = match progress {
+        let expression = match settled {
             // Done messages keep no reply text.
-            None => {
+            Settled::Done => {
                 values.insert(":true".into(), AttributeValue::Bool(true));
                 "SET #done = :true, #lease_until = :zero REMOVE #parts".to_string()
             }
-            Some(progress) => format!(
+            Settled::Pending(progress) => format!(
                 "SET #lease_until = :zero, {}",
                 progress_assignments(progress, &mut values)
             ),
         };
         let mut attributes = vec![HOLDER, DONE, LEASE_UNTIL, PARTS];
-        if progress.is_some() {
+        if matches!(settled, Settled::Pending(_)) {
             attributes.extend([SENT, NOTICE_SENT]);
         }
         let update = Update::builder()
             .table_name(&self.table)
-            .key(PK, message_pk(attempt.message_id))
+            .key(PK, message_pk(message_id))
             .update_expression(expression)
             .condition_expression("#holder = :token AND #done = :false")
             .set_expression_attribute_names(Some(names(&attributes)))
@@ -440,11 +598,13 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    /// The sender-item half: write the session, and release the lease when `ours`.
+    /// The sender-item half: write the session, put `waiting` on the waiting list, and
+    /// release the lease when `ours`.
     fn settle_sender(
         &self,
         attempt: &Attempt<'_>,
         session: &SessionRecord,
+        line: &LineChange,
         ours: bool,
     ) -> Result<TransactWriteItem, StateError> {
         let ttl = session.updated_at + self.session_idle_ttl.as_secs() + self.lease.as_secs();
@@ -458,6 +618,19 @@ impl DynamoStore {
         let mut attributes = vec![SESSION_ID, MODE, CREATED_AT, UPDATED_AT, TTL];
         const SET_SESSION: &str = "SET #session_id = :session_id, #mode = :mode, \
              #created_at = :created_at, #updated_at = :updated_at";
+        let add_waiting = match line {
+            LineChange::None => "",
+            LineChange::Join(entries) | LineChange::Leave(entries) => {
+                values.insert(":waiting".into(), AttributeValue::Ss(entries.clone()));
+                values.insert(":one".into(), n(1));
+                attributes.extend([WAITING, WAITING_VERSION]);
+                if matches!(line, LineChange::Join(_)) {
+                    " ADD #waiting :waiting, #waiting_version :one"
+                } else {
+                    " ADD #waiting_version :one DELETE #waiting :waiting"
+                }
+            }
+        };
         let update = Update::builder()
             .table_name(&self.table)
             .key(PK, sender_pk(attempt.sender));
@@ -466,12 +639,14 @@ impl DynamoStore {
             attributes.extend([HOLDER, LEASE_UNTIL]);
             update
                 .update_expression(format!(
-                    "{SET_SESSION}, #ttl = :ttl REMOVE #holder, #lease_until"
+                    "{SET_SESSION}, #ttl = :ttl REMOVE #holder, #lease_until{add_waiting}"
                 ))
                 .condition_expression("#holder = :token")
         } else {
             // The current holder's `begin` set a TTL covering its lease: keep it.
-            update.update_expression(format!("{SET_SESSION}, #ttl = if_not_exists(#ttl, :ttl)"))
+            update.update_expression(format!(
+                "{SET_SESSION}, #ttl = if_not_exists(#ttl, :ttl){add_waiting}"
+            ))
         };
         let update = update
             .set_expression_attribute_names(Some(names(&attributes)))
@@ -481,22 +656,107 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    /// `finish` / `abandon`: one transaction; if only the sender lease was lost, write
-    /// the session anyway and leave that lease to its new holder (as `MemoryStore`).
+    /// `finish` (`progress` `None`) / `abandon`: one transaction over the message items
+    /// and the sender item; if only the sender lease was lost, write the session anyway
+    /// and leave that lease to its new holder (as `MemoryStore`).
     async fn settle(
         &self,
         op: &'static str,
         attempt: &Attempt<'_>,
         progress: Option<&Progress>,
         session: &SessionRecord,
+        now: u64,
     ) -> Result<(), StateError> {
+        let mut messages = vec![(
+            attempt.message_id,
+            progress.map_or(Settled::Done, Settled::Pending),
+        )];
+        let mut waiting = Vec::new();
+        if progress.is_some() {
+            waiting.push(waiting_entry(attempt.message_id, attempt.timestamp));
+        }
+        let released = progress.filter(|p| p.sent == 0).map(|p| Progress {
+            notice_sent: p.notice_sent,
+            ..Progress::default()
+        });
+        for merged in attempt.merged {
+            match &released {
+                // Part of the reply that answers them went out: they are done.
+                None => messages.push((merged.message_id, Settled::Done)),
+                Some(released) => {
+                    messages.push((merged.message_id, Settled::Pending(released)));
+                    waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+                }
+            }
+        }
+        waiting.retain(|entry| is_live(entry, now, self.order_hold));
+        // Merged messages answered by this reply leave the waiting list (they were on it
+        // if they waited before joining the turn).
+        let answered: Vec<String> = if released.is_none() {
+            attempt
+                .merged
+                .iter()
+                .map(|m| waiting_entry(m.message_id, m.timestamp))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // One update cannot both add to and delete from the list: an abandon that joins
+        // its message and removes merged ones does the removal in a second request.
+        let (line, leave_after) = match (waiting.is_empty(), answered.is_empty()) {
+            (true, true) => (LineChange::None, None),
+            (true, false) => (LineChange::Leave(answered), None),
+            (false, true) => (LineChange::Join(waiting), None),
+            (false, false) => (LineChange::Join(waiting), Some(answered)),
+        };
+        self.settle_transaction(op, attempt, &messages, session, &line)
+            .await?;
+        if let Some(entries) = leave_after {
+            self.leave_line(attempt, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Take `entries` off the sender's waiting list.
+    async fn leave_line(
+        &self,
+        attempt: &Attempt<'_>,
+        entries: Vec<String>,
+    ) -> Result<(), StateError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, sender_pk(attempt.sender))
+            .update_expression("ADD #waiting_version :one DELETE #waiting :entries")
+            .set_expression_attribute_names(Some(names(&[WAITING, WAITING_VERSION])))
+            .expression_attribute_values(":entries", AttributeValue::Ss(entries))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("UpdateItem", &e))
+    }
+
+    async fn settle_transaction(
+        &self,
+        op: &'static str,
+        attempt: &Attempt<'_>,
+        messages: &[(&str, Settled<'_>)],
+        session: &SessionRecord,
+        line: &LineChange,
+    ) -> Result<(), StateError> {
+        let sender_index = messages.len();
         for ours in [true, false] {
-            let result = self
+            let mut request = self
                 .client
                 .transact_write_items()
-                .transact_items(self.settle_message(attempt, progress)?)
-                .transact_items(self.settle_sender(attempt, session, ours)?)
-                .client_request_token(request_token(op, attempt.token, ours))
+                .client_request_token(request_token(op, attempt.token, ours));
+            for (message_id, settled) in messages {
+                request =
+                    request.transact_items(self.settle_message(attempt, message_id, settled)?);
+            }
+            let result = request
+                .transact_items(self.settle_sender(attempt, session, line, ours)?)
                 .send()
                 .await;
             let e = match result {
@@ -511,10 +771,10 @@ impl DynamoStore {
             let codes = cancellation_codes(cancelled.cancellation_reasons(), cancelled.message());
             let failed =
                 |i: usize| codes.get(i).map(String::as_str) == Some("ConditionalCheckFailed");
-            if failed(0) {
+            if (0..sender_index).any(failed) {
                 return Err(StateError::LostLease);
             }
-            if !(ours && failed(1)) {
+            if !(ours && failed(sender_index)) {
                 return Err(cancelled_error(&codes));
             }
         }
@@ -522,6 +782,20 @@ impl DynamoStore {
             "TransactWriteItems: sender update cancelled twice".into(),
         ))
     }
+}
+
+/// What `finish` / `abandon` does to the sender's waiting list.
+enum LineChange {
+    None,
+    Join(Vec<String>),
+    Leave(Vec<String>),
+}
+
+/// What `finish` / `abandon` makes of one message item.
+enum Settled<'a> {
+    Done,
+    /// Released for redelivery with this progress.
+    Pending(&'a Progress),
 }
 
 #[async_trait]
@@ -532,12 +806,24 @@ impl SessionStore for DynamoStore {
             Err(answer) => return Ok(answer),
         };
         match self.lease_sender(attempt, now).await? {
-            Some(session) => Ok(Begin::Ready { session, progress }),
+            Some((session, waiting)) => Ok(Begin::Ready {
+                session,
+                progress,
+                waiting,
+            }),
             None => {
                 self.release_message(attempt).await?;
                 Ok(Begin::SenderBusy)
             }
         }
+    }
+
+    async fn claim(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError> {
+        Ok(match self.claim_message(attempt, now).await? {
+            Ok(progress) => Claim::Claimed(progress),
+            Err(Begin::Done) => Claim::Done,
+            Err(_) => Claim::Busy,
+        })
     }
 
     async fn save_progress(
@@ -572,9 +858,9 @@ impl SessionStore for DynamoStore {
         &self,
         attempt: &Attempt<'_>,
         session: &SessionRecord,
-        _now: u64,
+        now: u64,
     ) -> Result<(), StateError> {
-        self.settle("finish", attempt, None, session).await
+        self.settle("finish", attempt, None, session, now).await
     }
 
     async fn abandon(
@@ -582,9 +868,9 @@ impl SessionStore for DynamoStore {
         attempt: &Attempt<'_>,
         progress: &Progress,
         session: &SessionRecord,
-        _now: u64,
+        now: u64,
     ) -> Result<(), StateError> {
-        self.settle("abandon", attempt, Some(progress), session)
+        self.settle("abandon", attempt, Some(progress), session, now)
             .await
     }
 
@@ -732,6 +1018,14 @@ fn get_u64(item: &Item, name: &str) -> Result<Option<u64>, StateError> {
             .map(Some)
             .map_err(|_| wrong_type(name, "a whole number")),
         Some(_) => Err(wrong_type(name, "a number")),
+    }
+}
+
+fn get_string_set(item: &Item, name: &str) -> Result<Vec<String>, StateError> {
+    match item.get(name) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::Ss(values)) => Ok(values.clone()),
+        Some(_) => Err(wrong_type(name, "a string set")),
     }
 }
 

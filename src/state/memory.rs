@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Attempt, Begin, Progress, SessionRecord, SessionStore, StateError, message_key};
+use super::{
+    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord, SessionStore,
+    StateError, is_live, message_key, place_in_line, waiting_entry,
+};
 
 #[derive(Debug, Clone)]
 struct MessageItem {
@@ -22,6 +25,8 @@ struct SenderItem {
     session: Option<SessionRecord>,
     holder: Option<String>,
     lease_until: u64,
+    /// Entries ([`waiting_entry`]) of messages waiting for their turn.
+    waiting: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +42,7 @@ pub struct MemoryStore {
     tables: Mutex<Tables>,
     lease: Duration,
     session_idle_ttl: Duration,
+    order_hold: Duration,
 }
 
 impl MemoryStore {
@@ -45,7 +51,14 @@ impl MemoryStore {
             tables: Mutex::new(Tables::default()),
             lease,
             session_idle_ttl,
+            order_hold: DEFAULT_ORDER_HOLD,
         }
+    }
+
+    /// How long an unanswered message holds back newer ones (see [`super`], "Order").
+    pub fn with_order_hold(mut self, order_hold: Duration) -> Self {
+        self.order_hold = order_hold;
+        self
     }
 
     fn tables(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StateError> {
@@ -72,49 +85,109 @@ fn holds_message(tables: &Tables, key: &str, token: &str) -> bool {
         .is_some_and(|m| !m.done && m.holder == token)
 }
 
+/// The keys of the attempt's message and its merged ones, if the attempt holds them all.
+fn held_keys(tables: &Tables, attempt: &Attempt<'_>) -> Result<Vec<String>, StateError> {
+    let keys: Vec<String> = std::iter::once(attempt.message_id)
+        .chain(attempt.merged.iter().map(|m| m.message_id))
+        .map(message_key)
+        .collect();
+    if keys
+        .iter()
+        .all(|key| holds_message(tables, key, attempt.token))
+    {
+        Ok(keys)
+    } else {
+        Err(StateError::LostLease)
+    }
+}
+
+/// Claim the message item `key` for `token` (new, or its lease expired, or ours already).
+fn claim_message(tables: &mut Tables, key: &str, token: &str, now: u64, lease_until: u64) -> Claim {
+    match tables.messages.get_mut(key) {
+        Some(item) if item.done => Claim::Done,
+        Some(item) if item.lease_until > now && item.holder != token => Claim::Busy,
+        Some(item) => {
+            item.holder = token.to_string();
+            item.lease_until = lease_until;
+            Claim::Claimed(item.progress.clone())
+        }
+        None => {
+            tables.messages.insert(
+                key.to_string(),
+                MessageItem {
+                    done: false,
+                    holder: token.to_string(),
+                    lease_until,
+                    progress: Progress::default(),
+                },
+            );
+            Claim::Claimed(Progress::default())
+        }
+    }
+}
+
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn begin(&self, attempt: &Attempt<'_>, now: u64) -> Result<Begin, StateError> {
         let lease_until = now + self.lease.as_secs();
         let mut tables = self.tables()?;
         let key = message_key(attempt.message_id);
-        let progress = match tables.messages.get_mut(&key) {
-            Some(item) if item.done => return Ok(Begin::Done),
-            Some(item) if item.lease_until > now => return Ok(Begin::MessageBusy),
-            Some(item) => {
-                item.holder = attempt.token.to_string();
-                item.lease_until = lease_until;
-                item.progress.clone()
-            }
-            None => {
-                tables.messages.insert(
-                    key.clone(),
-                    MessageItem {
-                        done: false,
-                        holder: attempt.token.to_string(),
-                        lease_until,
-                        progress: Progress::default(),
-                    },
-                );
-                Progress::default()
-            }
+        let progress = match claim_message(&mut tables, &key, attempt.token, now, lease_until) {
+            Claim::Done => return Ok(Begin::Done),
+            Claim::Busy => return Ok(Begin::MessageBusy),
+            Claim::Claimed(progress) => progress,
         };
+        let mine = waiting_entry(attempt.message_id, attempt.timestamp);
         let sender = tables
             .senders
             .entry(attempt.sender.to_string())
             .or_default();
-        if sender.lease_until > now && sender.holder.as_deref() != Some(attempt.token) {
+        let leased_to_other =
+            sender.lease_until > now && sender.holder.as_deref() != Some(attempt.token);
+        let place = place_in_line(&sender.waiting, &mine, now, self.order_hold);
+        let behind = matches!(place, Place::Behind { .. });
+        match place {
+            Place::Next { remaining } if !leased_to_other => sender.waiting = remaining,
+            Place::Behind { listed: true } => {}
+            _ => {
+                // Wait in line, so no newer message overtakes this one.
+                if is_live(&mine, now, self.order_hold) && !sender.waiting.contains(&mine) {
+                    sender.waiting.push(mine);
+                }
+            }
+        }
+        if leased_to_other || behind {
             // Let the message go at once, so its redelivery need not wait out our lease.
             if let Some(item) = tables.messages.get_mut(&key) {
                 item.lease_until = 0;
             }
             return Ok(Begin::SenderBusy);
         }
+        let sender = tables
+            .senders
+            .entry(attempt.sender.to_string())
+            .or_default();
         sender.holder = Some(attempt.token.to_string());
         sender.lease_until = lease_until;
         let idle = self.session_idle_ttl.as_secs();
         let session = sender.session.clone().filter(|s| s.updated_at + idle > now);
-        Ok(Begin::Ready { session, progress })
+        Ok(Begin::Ready {
+            session,
+            progress,
+            waiting: sender.waiting.clone(),
+        })
+    }
+
+    async fn claim(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError> {
+        let mut tables = self.tables()?;
+        let key = message_key(attempt.message_id);
+        Ok(claim_message(
+            &mut tables,
+            &key,
+            attempt.token,
+            now,
+            now + self.lease.as_secs(),
+        ))
     }
 
     async fn save_progress(
@@ -140,17 +213,17 @@ impl SessionStore for MemoryStore {
         _now: u64,
     ) -> Result<(), StateError> {
         let mut tables = self.tables()?;
-        let key = message_key(attempt.message_id);
-        if !holds_message(&tables, &key, attempt.token) {
-            return Err(StateError::LostLease);
-        }
-        if let Some(item) = tables.messages.get_mut(&key) {
-            item.done = true;
-            item.lease_until = 0;
-            // Done messages keep no reply text.
-            item.progress = Progress::default();
+        let keys = held_keys(&tables, attempt)?;
+        for key in &keys {
+            if let Some(item) = tables.messages.get_mut(key) {
+                item.done = true;
+                item.lease_until = 0;
+                // Done messages keep no reply text.
+                item.progress = Progress::default();
+            }
         }
         release_sender(&mut tables, attempt, session);
+        leave_line(&mut tables, attempt);
         Ok(())
     }
 
@@ -159,18 +232,43 @@ impl SessionStore for MemoryStore {
         attempt: &Attempt<'_>,
         progress: &Progress,
         session: &SessionRecord,
-        _now: u64,
+        now: u64,
     ) -> Result<(), StateError> {
         let mut tables = self.tables()?;
-        let key = message_key(attempt.message_id);
-        if !holds_message(&tables, &key, attempt.token) {
-            return Err(StateError::LostLease);
+        let keys = held_keys(&tables, attempt)?;
+        let mut waiting = vec![waiting_entry(attempt.message_id, attempt.timestamp)];
+        if progress.sent > 0 {
+            leave_line(&mut tables, attempt);
         }
-        if let Some(item) = tables.messages.get_mut(&key) {
+        for (index, key) in keys.iter().enumerate() {
+            let Some(item) = tables.messages.get_mut(key) else {
+                continue;
+            };
             item.lease_until = 0;
-            item.progress = progress.clone();
+            if index == 0 {
+                item.progress = progress.clone();
+            } else if progress.sent > 0 {
+                item.done = true;
+                item.progress = Progress::default();
+            } else {
+                item.progress = Progress {
+                    notice_sent: progress.notice_sent,
+                    ..Progress::default()
+                };
+                let merged = attempt.merged[index - 1];
+                waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+            }
         }
         release_sender(&mut tables, attempt, session);
+        let sender = tables
+            .senders
+            .entry(attempt.sender.to_string())
+            .or_default();
+        for entry in waiting {
+            if is_live(&entry, now, self.order_hold) && !sender.waiting.contains(&entry) {
+                sender.waiting.push(entry);
+            }
+        }
         Ok(())
     }
 
@@ -183,6 +281,18 @@ impl SessionStore for MemoryStore {
 
     async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError> {
         Ok(self.tables()?.users.get(user_id).cloned())
+    }
+}
+
+/// The merged messages of `attempt` are answered: they no longer wait in line.
+fn leave_line(tables: &mut Tables, attempt: &Attempt<'_>) {
+    if let Some(sender) = tables.senders.get_mut(attempt.sender) {
+        let done: Vec<String> = attempt
+            .merged
+            .iter()
+            .map(|m| waiting_entry(m.message_id, m.timestamp))
+            .collect();
+        sender.waiting.retain(|entry| !done.contains(entry));
     }
 }
 

@@ -5,6 +5,17 @@
 //! mark done, release the sender, persist the session) or [`SessionStore::abandon`]
 //! (failed for now: release both leases, keep the progress for Meta's redelivery).
 //! A claim carries a lease: a holder that dies is overtaken once the lease expires.
+//!
+//! # Order
+//!
+//! A message that cannot be answered now (its sender is busy, or its attempt failed and
+//! waits for Meta's redelivery) is written into the sender's *waiting list* as
+//! [`waiting_entry`] (its timestamp and hashed id). The sender lease is only granted to
+//! a message when no older message is waiting, so one sender's messages are answered in
+//! the order of their timestamps even when an older one comes back later. An entry
+//! holds newer messages back only while the message is younger than the store's
+//! *order hold* ([`DEFAULT_ORDER_HOLD`]): a message that keeps failing, or that Meta
+//! stops redelivering, cannot block its sender for longer.
 
 use std::time::Duration;
 
@@ -21,6 +32,10 @@ pub use memory::MemoryStore;
 
 /// How long a message id is remembered: longer than Meta's 7-day redelivery window.
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// How long after its timestamp an unanswered message holds back newer messages of
+/// its sender (`state.order_hold_secs`).
+pub const DEFAULT_ORDER_HOLD: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -43,6 +58,13 @@ pub struct Progress {
     pub notice_sent: bool,
 }
 
+impl Progress {
+    /// Nothing of a reply went out or was stored yet.
+    pub fn is_fresh(&self) -> bool {
+        self.parts.is_empty() && self.sent == 0
+    }
+}
+
 /// One attempt at one inbound message.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
@@ -51,6 +73,29 @@ pub struct Attempt<'a> {
     pub sender: &'a str,
     /// Unique per attempt: later writes only succeed while this attempt holds the leases.
     pub token: &'a str,
+    /// Meta's timestamp of the message (unix seconds): its place in the sender's order.
+    pub timestamp: u64,
+    /// Later messages of the same sender answered by the same reply (a rapid-fire
+    /// turn), each already claimed with [`SessionStore::claim`] under this token.
+    pub merged: &'a [Merged<'a>],
+}
+
+/// A message answered together with an attempt's own message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged<'a> {
+    pub message_id: &'a str,
+    pub timestamp: u64,
+}
+
+/// The result of claiming one more message for a turn whose sender lease is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Answered by an earlier delivery.
+    Done,
+    /// Another delivery holds it.
+    Busy,
+    /// This attempt holds it; what earlier attempts achieved.
+    Claimed(Progress),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +110,9 @@ pub enum Begin {
     Ready {
         session: Option<SessionRecord>,
         progress: Progress,
+        /// The sender's waiting list ([`waiting_entry`]s of other messages, all newer
+        /// than this one): a message newer than one of them must not join this turn.
+        waiting: Vec<String>,
     },
 }
 
@@ -82,15 +130,21 @@ pub enum StateError {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Claim the message and lease its sender; see [`Begin`].
+    /// Claim the message and lease its sender; see [`Begin`]. Refused (SenderBusy)
+    /// while the sender is leased to another attempt or an older message is waiting;
+    /// a refused message is added to the sender's waiting list.
     async fn begin(&self, attempt: &Attempt<'_>, now: u64) -> Result<Begin, StateError>;
+    /// Claim one more message under `attempt.token`, whose `begin` already holds the
+    /// sender: a rapid-fire message to be answered in the same turn.
+    async fn claim(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError>;
     /// Record how far the reply got, so a redelivery resumes instead of repeating.
     async fn save_progress(
         &self,
         attempt: &Attempt<'_>,
         progress: &Progress,
     ) -> Result<(), StateError>;
-    /// The message is answered: mark it done, persist the session, release the sender.
+    /// The message (and every `attempt.merged` one) is answered: mark them done,
+    /// persist the session, release the sender.
     async fn finish(
         &self,
         attempt: &Attempt<'_>,
@@ -98,7 +152,10 @@ pub trait SessionStore: Send + Sync {
         now: u64,
     ) -> Result<(), StateError>;
     /// The message failed for now: keep `progress`, persist the session, release both
-    /// leases at once so Meta's redelivery can resume.
+    /// leases at once so Meta's redelivery can resume, and put the message on the
+    /// sender's waiting list so newer messages wait for it. Merged messages are done
+    /// once part of the reply went out (`progress.sent > 0`: the reply that answers them
+    /// is under way), else released and put on the waiting list as well.
     async fn abandon(
         &self,
         attempt: &Attempt<'_>,
@@ -118,6 +175,63 @@ pub trait SessionStore: Send + Sync {
 pub fn message_key(message_id: &str) -> String {
     let digest = Sha256::digest(message_id.as_bytes());
     hex::encode(&digest[..16])
+}
+
+/// A message's place in its sender's waiting list: zero-padded timestamp, then the
+/// hashed id, so entries sort by timestamp (ties by hash) as strings.
+pub fn waiting_entry(message_id: &str, timestamp: u64) -> String {
+    format!("{timestamp:012}#{}", message_key(message_id))
+}
+
+/// Whether `entry` still holds back newer messages at `now`.
+pub(crate) fn is_live(entry: &str, now: u64, hold: Duration) -> bool {
+    entry
+        .split('#')
+        .next()
+        .and_then(|ts| ts.parse::<u64>().ok())
+        .is_some_and(|ts| ts.saturating_add(hold.as_secs()) > now)
+}
+
+fn live_entries(waiting: &[String], now: u64, hold: Duration) -> impl Iterator<Item = &String> {
+    waiting
+        .iter()
+        .filter(move |entry| is_live(entry, now, hold))
+}
+
+/// Whether `entry` belongs to the message whose own entry is `mine`.
+fn same_message(entry: &str, mine: &str) -> bool {
+    entry.split('#').nth(1) == mine.split('#').nth(1)
+}
+
+/// Where the message whose entry is `mine` stands in its sender's waiting list.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// An older message is waiting: this one must wait too.
+    Behind { listed: bool },
+    /// No older message waits; `remaining` is the list without this message's
+    /// entries and without expired ones.
+    Next { remaining: Vec<String> },
+}
+
+pub(crate) fn place_in_line(waiting: &[String], mine: &str, now: u64, hold: Duration) -> Place {
+    let mut listed = false;
+    let mut older = false;
+    for entry in live_entries(waiting, now, hold) {
+        if same_message(entry, mine) {
+            listed = true;
+        } else if entry.as_str() < mine {
+            older = true;
+        }
+    }
+    if older {
+        return Place::Behind { listed };
+    }
+    Place::Next {
+        remaining: live_entries(waiting, now, hold)
+            .filter(|e| !same_message(e, mine))
+            .cloned()
+            .collect(),
+    }
 }
 
 /// Unix seconds, from the system clock.

@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use super::payload::{
     Change, ChangeValue, Content, Entry, Envelope, InboundMessage, RawMessage, Status,
 };
+use super::rapid_fire::{Joined, SenderQueues, Waiter, Wake};
 use super::signature::{SIGNATURE_HEADER, SignatureCheck, check_signature};
 use super::verify::{Verification, verify_subscription};
 use crate::allowlist::{AllowList, mask};
@@ -23,7 +24,8 @@ use crate::format::{FENCE_HEADROOM, Format, convert, rebalance_fences};
 use crate::graph::{Messenger, Recipient, SendError};
 use crate::split::{MAX_PART_UTF16, split_reply};
 use crate::state::{
-    Attempt, Begin, Progress, SessionRecord, SessionStore, StateError, message_key,
+    Attempt, Begin, Claim, Merged, Progress, SessionRecord, SessionStore, StateError, message_key,
+    waiting_entry,
 };
 
 /// Unix seconds; injected so tests can move time.
@@ -49,6 +51,9 @@ pub struct AppOptions {
     pub sender_wait: Duration,
     /// Longest reply part, in UTF-16 code units.
     pub max_part_units: usize,
+    /// How long a sender's first text waits for quick follow-up lines to join its
+    /// turn (in this process); zero: only lines that arrive during a turn are combined.
+    pub combine_window: Duration,
 }
 
 impl AppOptions {
@@ -65,6 +70,7 @@ impl AppOptions {
             unsupported_reply: c.unsupported_reply,
             sender_wait: Duration::from_secs(5),
             max_part_units: MAX_PART_UTF16,
+            combine_window: c.combine_window,
         }
     }
 }
@@ -78,6 +84,8 @@ pub struct App {
     clock: Clock,
     /// User ids whose link to a number this process already wrote.
     linked_users: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Requests waiting while another request of this process answers their sender.
+    rapid_fire: SenderQueues<Prepared, Outcome>,
 }
 
 /// How one message ended, ordered by what it means for the HTTP status.
@@ -92,11 +100,33 @@ enum Outcome {
 }
 
 /// What the adapter does with a message once it holds it.
-enum Action<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
     Command(Command),
-    Turn(&'a str),
+    /// A text for the engine.
+    Turn,
     Notice(&'static str),
 }
+
+/// A message that needs an answer, with what to do and whose state it touches.
+struct Prepared {
+    message: InboundMessage,
+    state_key: String,
+    msg_ref: String,
+    action: Action,
+}
+
+impl Prepared {
+    fn text(&self) -> &str {
+        match &self.message.content {
+            Content::Text(text) => text,
+            _ => "",
+        }
+    }
+}
+
+/// Most messages answered by one combined turn; more wait for the next turn.
+const MAX_COMBINED: usize = 10;
 
 impl App {
     pub fn new(
@@ -113,7 +143,14 @@ impl App {
             messenger,
             clock,
             linked_users: Default::default(),
+            rapid_fire: SenderQueues::default(),
         }
+    }
+
+    /// How many requests wait, in this process, for a turn of their sender to end
+    /// (observability and tests).
+    pub fn waiting_requests(&self) -> usize {
+        self.rapid_fire.waiting()
     }
 
     /// Answer one HTTP request. Never panics on input; every refusal says why.
@@ -184,9 +221,19 @@ impl App {
         let mut messages = self.collect_messages(&envelope);
         // Meta may batch several messages of one sender: answer them in the order written.
         messages.sort_by_key(|m| m.timestamp);
+        let mut by_sender: Vec<(String, Vec<Prepared>)> = Vec::new();
+        for message in messages {
+            let Some(prepared) = self.prepare(message).await else {
+                continue;
+            };
+            match by_sender.iter_mut().find(|(k, _)| *k == prepared.state_key) {
+                Some((_, batch)) => batch.push(prepared),
+                None => by_sender.push((prepared.state_key.clone(), vec![prepared])),
+            }
+        }
         let mut worst = Outcome::Settled;
-        for message in &messages {
-            worst = worst.max(self.process(message).await);
+        for (state_key, batch) in by_sender {
+            worst = worst.max(self.serve_sender(&state_key, batch).await);
         }
         match worst {
             Outcome::Settled => text(StatusCode::OK, "ok"),
@@ -270,19 +317,20 @@ impl App {
         out
     }
 
-    async fn process(&self, message: &InboundMessage) -> Outcome {
+    /// Check the sender and read the message: `None` when it needs no answer.
+    async fn prepare(&self, message: InboundMessage) -> Option<Prepared> {
         let sender = message.sender.key();
-        let state_key = self.state_key(message).await;
+        let state_key = self.state_key(&message).await;
         let msg_ref = short_ref(&message.id);
         if !self.is_allowed(&message.sender, &state_key) {
             tracing::info!(from = %mask(sender), msg = %msg_ref, "dropped: sender not in allowed_numbers / allowed_user_ids");
-            return Outcome::Settled;
+            return None;
         }
         let action = match &message.content {
-            Content::Text(t) if t.trim().is_empty() => return Outcome::Settled,
+            Content::Text(t) if t.trim().is_empty() => return None,
             Content::Text(t) => match Command::parse(t) {
                 Some(c) => Action::Command(c),
-                None => Action::Turn(t),
+                None => Action::Turn,
             },
             Content::NonText(kind) if self.options.unsupported_reply => {
                 tracing::info!(from = %mask(sender), msg = %msg_ref, kind = %kind, "non-text message");
@@ -290,39 +338,191 @@ impl App {
             }
             Content::NonText(kind) | Content::Silent(kind) => {
                 tracing::info!(from = %mask(sender), msg = %msg_ref, kind = %kind, "message needs no answer");
-                return Outcome::Settled;
+                return None;
             }
         };
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let attempt = Attempt {
-            message_id: &message.id,
-            sender: &state_key,
-            token: &token,
+        Some(Prepared {
+            message,
+            state_key,
+            msg_ref,
+            action,
+        })
+    }
+
+    /// Answer one sender's messages of this request. If another request of this
+    /// process is answering the same sender, hand them over and wait: they are
+    /// answered in its next turn, rapid-fire texts combined.
+    async fn serve_sender(&self, state_key: &str, batch: Vec<Prepared>) -> Outcome {
+        let (leader, mine, mut others) = match self.rapid_fire.join(state_key, batch) {
+            Joined::Lead(leader, mine) => {
+                if !self.options.combine_window.is_zero()
+                    && mine.iter().any(|p| p.action == Action::Turn)
+                {
+                    // Give quick follow-up lines a moment to arrive and join this turn.
+                    tokio::time::sleep(self.options.combine_window).await;
+                }
+                let others = leader.take_waiting();
+                (leader, mine, others)
+            }
+            Joined::Wait(woken) => match woken.await {
+                Ok(Wake::Answered(outcome)) => return outcome,
+                Ok(Wake::Lead { items, others }) => {
+                    (self.rapid_fire.resume(state_key), items, others)
+                }
+                // The leading request was cancelled before answering ours.
+                Err(_) => return Outcome::Failed,
+            },
         };
-        let (session, progress) = match self.begin(&attempt).await {
-            Ok(Begin::Ready { session, progress }) => (session, progress),
+        // Messages handed over while this turn ran are answered by it too.
+        others.extend(leader.take_waiting());
+        let mut tagged: Vec<(usize, Prepared)> = mine.into_iter().map(|p| (0, p)).collect();
+        let mut replies = Vec::with_capacity(others.len());
+        for (index, Waiter { items, reply }) in others.into_iter().enumerate() {
+            tagged.extend(items.into_iter().map(|p| (index + 1, p)));
+            replies.push(reply);
+        }
+        // Stable: equal timestamps keep their arrival order.
+        tagged.sort_by_key(|(_, p)| p.message.timestamp);
+        // A redelivery that arrived while its first delivery waited here is the same
+        // message: answer it once, and tell both requests the same outcome.
+        let mut unique: Vec<&Prepared> = Vec::with_capacity(tagged.len());
+        let mut answered_as = Vec::with_capacity(tagged.len());
+        for (_, p) in &tagged {
+            match unique.iter().position(|u| u.message.id == p.message.id) {
+                Some(index) => answered_as.push(index),
+                None => {
+                    answered_as.push(unique.len());
+                    unique.push(p);
+                }
+            }
+        }
+        let outcomes = self.answer_in_order(&unique).await;
+        let mut worst = vec![Outcome::Settled; replies.len() + 1];
+        for ((owner, _), index) in tagged.iter().zip(answered_as) {
+            worst[*owner] = worst[*owner].max(outcomes[index]);
+        }
+        for (reply, outcome) in replies.into_iter().zip(worst.iter().skip(1)) {
+            reply.answer(*outcome);
+        }
+        leader.hand_over();
+        worst[0]
+    }
+
+    /// Answer one sender's messages in order, one turn at a time; consecutive fresh
+    /// texts become one combined turn. Returns one outcome per message.
+    async fn answer_in_order(&self, batch: &[&Prepared]) -> Vec<Outcome> {
+        // One token for the whole batch: a message claimed for a combined turn but left
+        // out of it is claimed again by the next turn without waiting out a lease.
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut wait = true;
+        while outcomes.len() < batch.len() {
+            let rest = &batch[outcomes.len()..];
+            let answered = self.answer_next(rest, &token, wait).await;
+            // Once one message is not answered, later ones only take their place in the
+            // waiting list: waiting for the sender again would fail the same way.
+            wait = answered.iter().all(|o| *o == Outcome::Settled);
+            outcomes.extend(answered);
+        }
+        outcomes
+    }
+
+    /// Answer the first message of `rest`, with the fresh texts right after it when it
+    /// is a fresh text. Returns the outcomes of the messages it took, in order.
+    async fn answer_next(&self, rest: &[&Prepared], token: &str, wait: bool) -> Vec<Outcome> {
+        let first = rest[0];
+        let attempt = attempt_of(first, token, &[]);
+        let begin = if wait {
+            self.begin(&attempt).await
+        } else {
+            self.store.begin(&attempt, (self.clock)()).await
+        };
+        let sender = first.message.sender.key();
+        let (session, progress, mut waiting) = match begin {
+            Ok(Begin::Ready {
+                session,
+                progress,
+                waiting,
+            }) => (session, progress, waiting),
             Ok(Begin::Done) => {
-                tracing::info!(from = %mask(sender), msg = %msg_ref, "duplicate delivery of an answered message");
-                return Outcome::Settled;
+                tracing::info!(from = %mask(sender), msg = %first.msg_ref, "duplicate delivery of an answered message");
+                return vec![Outcome::Settled];
             }
             Ok(Begin::MessageBusy) | Ok(Begin::SenderBusy) => {
-                tracing::info!(from = %mask(sender), msg = %msg_ref, "busy: held by another delivery");
-                return Outcome::Busy;
+                tracing::info!(from = %mask(sender), msg = %first.msg_ref, "busy: held by another delivery or waiting for an older message");
+                return vec![Outcome::Busy];
             }
             Err(e) => {
-                tracing::error!(error = %e, msg = %msg_ref, "state store failed; nothing sent");
-                return Outcome::Failed;
+                tracing::error!(error = %e, msg = %first.msg_ref, "state store failed; nothing sent");
+                return vec![Outcome::Failed];
             }
         };
+        let mut taken = vec![None];
+        let mut merged: Vec<&Prepared> = Vec::new();
+        if first.action == Action::Turn && progress.is_fresh() {
+            for next in &rest[1..] {
+                if next.action != Action::Turn || merged.len() + 1 >= MAX_COMBINED {
+                    break;
+                }
+                // Never ahead of an older message waiting elsewhere (another instance,
+                // or Meta's redelivery).
+                let entry = waiting_entry(&next.message.id, next.message.timestamp);
+                waiting.retain(|e| *e != entry);
+                if waiting.iter().any(|e| *e < entry) {
+                    break;
+                }
+                let claim = self
+                    .store
+                    .claim(&attempt_of(next, token, &[]), (self.clock)())
+                    .await;
+                match claim {
+                    Ok(Claim::Claimed(p)) if p.is_fresh() => {
+                        merged.push(next);
+                        taken.push(None);
+                    }
+                    Ok(Claim::Done) => taken.push(Some(Outcome::Settled)),
+                    Ok(Claim::Busy) => taken.push(Some(Outcome::Busy)),
+                    // A reply of its own is under way (resumed by the next turn, which
+                    // claims it again with this token), or the store failed.
+                    Ok(Claim::Claimed(_)) | Err(_) => break,
+                }
+            }
+        }
+        let merged_refs: Vec<Merged<'_>> = merged
+            .iter()
+            .map(|p| Merged {
+                message_id: &p.message.id,
+                timestamp: p.message.timestamp,
+            })
+            .collect();
         let mut turn = TurnState {
-            attempt,
-            msg_ref,
+            attempt: attempt_of(first, token, &merged_refs),
+            msg_ref: first.msg_ref.clone(),
             now: (self.clock)(),
             session: session.unwrap_or_else(|| new_session(Mode::Normal, (self.clock)())),
             progress,
         };
         turn.session.updated_at = turn.now;
-        self.answer(&mut turn, &message.sender, action).await
+        let action = match first.action {
+            Action::Command(c) => TurnAction::Command(c),
+            Action::Notice(n) => TurnAction::Notice(n),
+            Action::Turn if merged.is_empty() => TurnAction::Turn(first.text().to_string()),
+            Action::Turn => {
+                tracing::info!(from = %mask(sender), msg = %first.msg_ref, messages = merged.len() + 1, "rapid-fire messages combined into one turn");
+                let texts: Vec<&str> = std::iter::once(first)
+                    .chain(merged.iter().copied())
+                    .map(Prepared::text)
+                    .collect();
+                TurnAction::Turn(texts.join("\n"))
+            }
+        };
+        let last_id = merged
+            .last()
+            .map_or(first.message.id.as_str(), |p| &p.message.id);
+        let outcome = self
+            .answer(&mut turn, &first.message.sender, action, last_id)
+            .await;
+        taken.into_iter().map(|o| o.unwrap_or(outcome)).collect()
     }
 
     /// Take the message and its sender, waiting a little while another message of
@@ -344,10 +544,11 @@ impl App {
         &self,
         turn: &mut TurnState<'_>,
         to: &Recipient,
-        action: Action<'_>,
+        action: TurnAction,
+        read_id: &str,
     ) -> Outcome {
         let parts = if turn.progress.parts.is_empty() {
-            match self.reply_parts(turn, to, action).await {
+            match self.reply_parts(turn, to, action, read_id).await {
                 Ok(parts) => parts,
                 Err(outcome) => return outcome,
             }
@@ -363,10 +564,11 @@ impl App {
         &self,
         turn: &mut TurnState<'_>,
         to: &Recipient,
-        action: Action<'_>,
+        action: TurnAction,
+        read_id: &str,
     ) -> Result<Vec<String>, Outcome> {
         let text = match action {
-            Action::Command(command) => {
+            TurnAction::Command(command) => {
                 match command {
                     Command::New => turn.session = new_session(Mode::Normal, turn.now),
                     Command::Otr => turn.session = new_session(Mode::Otr, turn.now),
@@ -375,21 +577,19 @@ impl App {
                 tracing::info!(from = %mask(to.key()), msg = %turn.msg_ref, command = ?command, "command");
                 return Ok(vec![command.confirmation().to_string()]);
             }
-            Action::Notice(notice) => return Ok(vec![notice.to_string()]),
-            Action::Turn(text) => text,
+            TurnAction::Notice(notice) => return Ok(vec![notice.to_string()]),
+            TurnAction::Turn(text) => text,
         };
+        // Marking the latest message read marks the earlier ones read too.
         if self.options.read_receipts
-            && let Err(e) = self
-                .messenger
-                .mark_read_typing(turn.attempt.message_id)
-                .await
+            && let Err(e) = self.messenger.mark_read_typing(read_id).await
         {
             tracing::warn!(error = %e, msg = %turn.msg_ref, "read receipt / typing indicator failed");
         }
         let request = Turn {
             session_id: &turn.session.id,
             mode: turn.session.mode,
-            text,
+            text: &text,
             from: to.key(),
             message_id: turn.attempt.message_id,
         };
@@ -611,6 +811,23 @@ impl App {
                     || (state_key != id && self.options.allowed_numbers.contains(state_key))
             }
         }
+    }
+}
+
+/// What one turn does: a command, a notice, or a text (maybe combined) for the engine.
+enum TurnAction {
+    Command(Command),
+    Notice(&'static str),
+    Turn(String),
+}
+
+fn attempt_of<'a>(p: &'a Prepared, token: &'a str, merged: &'a [Merged<'a>]) -> Attempt<'a> {
+    Attempt {
+        message_id: &p.message.id,
+        sender: &p.state_key,
+        token,
+        timestamp: p.message.timestamp,
+        merged,
     }
 }
 

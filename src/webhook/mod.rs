@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod payload;
+pub mod rapid_fire;
 pub mod signature;
 pub mod verify;
 

@@ -58,6 +58,7 @@ pub fn options() -> AppOptions {
         unsupported_reply: true,
         sender_wait: Duration::from_secs(5),
         max_part_units: 4096,
+        combine_window: std::time::Duration::ZERO,
     }
 }
 
@@ -323,4 +324,113 @@ pub fn fail_part(needle: &'static str, times: usize) -> impl wiremock::Respond {
             ResponseTemplate::new(200).set_body_json(json!({"messages":[{"id":"wamid.OUT"}]}))
         }
     }
+}
+
+/// A one-message text payload sent at `timestamp` (unix seconds).
+pub fn text_message_at(from: &str, id: &str, body: &str, timestamp: u64) -> Value {
+    let mut payload = text_message(from, id, body);
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] =
+        json!(timestamp.to_string());
+    payload
+}
+
+/// An engine that records each turn's text and answers "re: <text>", holding the
+/// first turn until [`GatedEngine::open`], so a test can act while a turn is running.
+pub struct GatedEngine {
+    pub texts: std::sync::Mutex<Vec<String>>,
+    first_started: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedEngine {
+    fn default() -> Self {
+        GatedEngine {
+            texts: Default::default(),
+            first_started: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl GatedEngine {
+    /// Wait until the first turn reached the engine.
+    pub async fn first_turn_started(&self) {
+        self.first_started.notified().await;
+    }
+    /// Let the held first turn answer.
+    pub fn open(&self) {
+        self.gate.add_permits(1);
+    }
+    pub fn texts(&self) -> Vec<String> {
+        self.texts.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for GatedEngine {
+    async fn reply(
+        &self,
+        turn: &whatsapp_webhook::engine::Turn<'_>,
+    ) -> Result<String, whatsapp_webhook::engine::EngineError> {
+        let first = {
+            let mut texts = self.texts.lock().expect("texts lock");
+            texts.push(turn.text.to_string());
+            texts.len() == 1
+        };
+        if first {
+            // `notify_one` keeps the wake-up if the test is not waiting yet.
+            self.first_started.notify_one();
+            let _permit = self.gate.acquire().await;
+        }
+        Ok(format!("re: {}", turn.text))
+    }
+}
+
+/// Wait (bounded) until `condition` holds; for states a test can observe but not
+/// be notified of.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A message whose reply fails is redelivered after a newer message of the same
+/// sender arrived: the newer one waits (503) and is answered after it.
+pub async fn order_survives_a_failed_delivery(h: &Harness) {
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(fail_part("echo: older", 1))
+        .mount(&h.server)
+        .await;
+    h.engine_echoes().await;
+    let from = "15557654321";
+    let now = h.clock.now();
+    let older = text_message_at(from, "wamid.ORD1", "older", now);
+    let newer = text_message_at(from, "wamid.ORD2", "newer", now + 1);
+    assert_eq!(status(&h.post_json(&older).await), 500, "reply refused");
+    assert_eq!(
+        status(&h.post_json(&newer).await),
+        503,
+        "the newer message waits for the older one"
+    );
+    h.clock.advance(30);
+    assert_eq!(status(&h.post_json(&older).await), 200);
+    assert_eq!(status(&h.post_json(&newer).await), 200);
+    let engine: Vec<String> = h
+        .engine_calls()
+        .await
+        .iter()
+        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(engine, ["older", "newer"], "the stored reply was resumed");
+    assert_eq!(
+        h.sent_bodies().await,
+        ["echo: older", "echo: older", "echo: newer"],
+        "one refused send, then both replies in order"
+    );
 }
