@@ -489,6 +489,27 @@ async fn merged_messages_are_done_with_their_turn(store: &dyn SessionStore) {
     }
 }
 
+/// Begin `first` and claim the `merged` messages under its token: a combined turn.
+async fn begin_combined<'a>(
+    store: &dyn SessionStore,
+    first: Attempt<'a>,
+    merged: &'a [Merged<'a>],
+    now: u64,
+) -> Attempt<'a> {
+    assert!(matches!(
+        store.begin(&first, now).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+    for m in merged {
+        let claim = attempt_at(m.message_id, first.sender, first.token, m.timestamp);
+        assert_eq!(
+            store.claim(&claim, now).await.unwrap(),
+            Claim::Claimed(Progress::default())
+        );
+    }
+    Attempt { merged, ..first }
+}
+
 async fn a_combined_turn_that_sent_nothing_releases_its_messages(store: &dyn SessionStore) {
     let sender = "4915550035";
     let merged = [Merged {
@@ -496,15 +517,7 @@ async fn a_combined_turn_that_sent_nothing_releases_its_messages(store: &dyn Ses
         timestamp: T0 + 1,
     }];
     let first = attempt_at("wamid.S1", sender, "t1", T0);
-    store.begin(&first, T0 + 2).await.unwrap();
-    store
-        .claim(&attempt_at("wamid.S2", sender, "t1", T0 + 1), T0 + 2)
-        .await
-        .unwrap();
-    let turn = Attempt {
-        merged: &merged,
-        ..first
-    };
+    let turn = begin_combined(store, first, &merged, T0 + 2).await;
     let notice = Progress {
         notice_sent: true,
         ..Progress::default()
@@ -539,15 +552,7 @@ async fn a_combined_turn_cut_short_keeps_the_reply_on_its_first_message(store: &
         timestamp: T0 + 1,
     }];
     let first = attempt_at("wamid.U1", sender, "t1", T0);
-    store.begin(&first, T0 + 2).await.unwrap();
-    store
-        .claim(&attempt_at("wamid.U2", sender, "t1", T0 + 1), T0 + 2)
-        .await
-        .unwrap();
-    let turn = Attempt {
-        merged: &merged,
-        ..first
-    };
+    let turn = begin_combined(store, first, &merged, T0 + 2).await;
     let progress = Progress {
         parts: vec!["a".into(), "b".into()],
         sent: 1,

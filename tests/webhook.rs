@@ -904,9 +904,7 @@ fn post_in_background(h: &std::sync::Arc<Harness>, body: Value) -> tokio::task::
 
 #[tokio::test]
 async fn lines_sent_while_a_turn_runs_are_answered_as_one_turn() {
-    let engine = std::sync::Arc::new(GatedEngine::default());
-    let h = std::sync::Arc::new(Harness::builder().engine(engine.clone()).build().await);
-    h.graph_accepts().await;
+    let (engine, h) = Harness::gated().await;
     let from = "15557654321";
     let now = h.clock.now();
     let first = post_in_background(&h, text_message_at(from, "wamid.RF1", "hi", now));
@@ -971,13 +969,10 @@ async fn lines_batched_in_one_post_are_one_turn_and_commands_stay_apart() {
             .push(message);
     }
     assert_eq!(status(&h.post_json(&body).await), 200);
-    let engine: Vec<String> = h
-        .engine_calls()
-        .await
-        .iter()
-        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(engine, ["first line\nsecond line", "after the command"]);
+    assert_eq!(
+        h.engine_texts().await,
+        ["first line\nsecond line", "after the command"]
+    );
     let sent = h.sent_bodies().await;
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert_eq!(sent[0], "echo: first line\nsecond line");
@@ -1022,9 +1017,7 @@ async fn a_message_that_failed_is_answered_before_a_newer_one() {
 
 #[tokio::test]
 async fn a_redelivery_queued_beside_its_first_delivery_is_answered_once() {
-    let engine = std::sync::Arc::new(GatedEngine::default());
-    let h = std::sync::Arc::new(Harness::builder().engine(engine.clone()).build().await);
-    h.graph_accepts().await;
+    let (engine, h) = Harness::gated().await;
     let from = "15557654321";
     let now = h.clock.now();
     let first = post_in_background(&h, text_message_at(from, "wamid.D1", "one", now));

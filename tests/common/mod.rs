@@ -263,6 +263,24 @@ impl Harness {
             .collect()
     }
 
+    /// The texts the engine was asked, in order.
+    pub async fn engine_texts(&self) -> Vec<String> {
+        self.engine_calls()
+            .await
+            .iter()
+            .map(|c| c["text"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// A harness whose engine is `GatedEngine` (held first turn) and whose Graph API
+    /// accepts everything, shared so requests can run in background tasks.
+    pub async fn gated() -> (Arc<GatedEngine>, Arc<Harness>) {
+        let engine = Arc::new(GatedEngine::default());
+        let h = Harness::builder().engine(engine.clone()).build().await;
+        h.graph_accepts().await;
+        (engine, Arc::new(h))
+    }
+
     pub async fn read_receipts(&self) -> Vec<Value> {
         self.calls()
             .await
@@ -421,13 +439,11 @@ pub async fn order_survives_a_failed_delivery(h: &Harness) {
     h.clock.advance(30);
     assert_eq!(status(&h.post_json(&older).await), 200);
     assert_eq!(status(&h.post_json(&newer).await), 200);
-    let engine: Vec<String> = h
-        .engine_calls()
-        .await
-        .iter()
-        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(engine, ["older", "newer"], "the stored reply was resumed");
+    assert_eq!(
+        h.engine_texts().await,
+        ["older", "newer"],
+        "the stored reply was resumed"
+    );
     assert_eq!(
         h.sent_bodies().await,
         ["echo: older", "echo: older", "echo: newer"],
