@@ -241,3 +241,63 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOLD: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn entries_sort_by_timestamp_as_strings() {
+        let early = waiting_entry("wamid.B", 999_999_999);
+        let late = waiting_entry("wamid.A", 1_000_000_000);
+        assert!(early < late, "{early} < {late}");
+    }
+
+    #[test]
+    fn an_older_live_entry_puts_a_message_behind() {
+        let older = waiting_entry("wamid.1", 1_000);
+        let mine = waiting_entry("wamid.2", 1_001);
+        let newer = waiting_entry("wamid.3", 1_002);
+        let list = vec![newer.clone(), older.clone()];
+        assert_eq!(
+            place_in_line(&list, &mine, 1_010, HOLD),
+            Place::Behind { listed: false }
+        );
+        let listed = vec![older, mine.clone()];
+        assert_eq!(
+            place_in_line(&listed, &mine, 1_010, HOLD),
+            Place::Behind { listed: true }
+        );
+        // Only newer ones wait: this message is next, and leaves the list.
+        let list = vec![newer.clone(), mine.clone()];
+        assert_eq!(
+            place_in_line(&list, &mine, 1_010, HOLD),
+            Place::Next {
+                remaining: vec![newer]
+            }
+        );
+    }
+
+    #[test]
+    fn an_entry_expires_at_its_timestamp_plus_the_hold() {
+        let older = waiting_entry("wamid.1", 1_000);
+        let mine = waiting_entry("wamid.2", 1_250);
+        let list = vec![older.clone()];
+        assert!(matches!(
+            place_in_line(&list, &mine, 1_299, HOLD),
+            Place::Behind { .. }
+        ));
+        // Expired entries no longer count and are dropped from the list.
+        assert_eq!(
+            place_in_line(&list, &mine, 1_300, HOLD),
+            Place::Next { remaining: vec![] }
+        );
+        assert!(
+            !is_live(&older, 1_000, Duration::ZERO),
+            "hold 0: ordering off"
+        );
+        assert!(!is_live("not an entry", 0, HOLD));
+    }
+}
