@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use whatsapp_webhook::allowlist::AllowList;
 use whatsapp_webhook::config::Secret;
 use whatsapp_webhook::engine::EchoEngine;
 use whatsapp_webhook::graph::DryRunMessenger;
@@ -21,18 +20,12 @@ fn events_dir() -> PathBuf {
 fn local_app() -> App {
     App::new(
         AppOptions {
-            phone_number_id: "123456123456123".into(),
-            verify_token: Secret::new("local-verify-token"),
-            app_secrets: vec![Secret::new("whatsapp-webhook-test-secret")],
-            allowed_numbers: AllowList::default(),
-            allowed_user_ids: Vec::new(),
-            reply_threading: false,
-            format: whatsapp_webhook::format::Format::WhatsApp,
-            read_receipts: true,
-            unsupported_reply: true,
             sender_wait: Duration::from_secs(1),
-            max_part_units: 4096,
-            combine_window: std::time::Duration::ZERO,
+            ..AppOptions::new(
+                "123456123456123",
+                Secret::new("local-verify-token"),
+                vec![Secret::new("whatsapp-webhook-test-secret")],
+            )
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),

@@ -5,7 +5,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use whatsapp_webhook::allowlist::AllowList;
 use whatsapp_webhook::config::Secret;
 use whatsapp_webhook::engine::EchoEngine;
 use whatsapp_webhook::graph::DryRunMessenger;
@@ -92,22 +91,21 @@ fn secrets_never_appear_in_startup_errors() {
     assert!(!stderr.contains("super-secret-verify") && !stderr.contains("EAAG-secret-token"));
 }
 
+fn serve_options() -> AppOptions {
+    AppOptions {
+        read_receipts: false,
+        sender_wait: Duration::from_secs(1),
+        ..AppOptions::new(
+            "123456123456123",
+            Secret::new("tok"),
+            vec![Secret::new("s")],
+        )
+    }
+}
+
 async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
     let app = App::new(
-        AppOptions {
-            phone_number_id: "123456123456123".into(),
-            verify_token: Secret::new("tok"),
-            app_secrets: vec![Secret::new("s")],
-            allowed_numbers: AllowList::default(),
-            allowed_user_ids: Vec::new(),
-            reply_threading: false,
-            format: whatsapp_webhook::format::Format::WhatsApp,
-            read_receipts: false,
-            unsupported_reply: true,
-            sender_wait: Duration::from_secs(1),
-            max_part_units: 4096,
-            combine_window: std::time::Duration::ZERO,
-        },
+        serve_options(),
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),
             Duration::from_secs(3600),
@@ -208,20 +206,7 @@ async fn a_client_hanging_up_does_not_abandon_the_delivery() {
         .mount(&graph)
         .await;
     let app = App::new(
-        AppOptions {
-            phone_number_id: "123456123456123".into(),
-            verify_token: Secret::new("tok"),
-            app_secrets: vec![Secret::new("s")],
-            allowed_numbers: AllowList::default(),
-            allowed_user_ids: Vec::new(),
-            reply_threading: false,
-            format: whatsapp_webhook::format::Format::WhatsApp,
-            read_receipts: false,
-            unsupported_reply: true,
-            sender_wait: Duration::from_secs(1),
-            max_part_units: 4096,
-            combine_window: std::time::Duration::ZERO,
-        },
+        serve_options(),
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),
             Duration::from_secs(3600),

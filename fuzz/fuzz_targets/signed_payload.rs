@@ -13,10 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use libfuzzer_sys::fuzz_target;
-use whatsapp_webhook::allowlist::AllowList;
 use whatsapp_webhook::config::Secret;
 use whatsapp_webhook::engine::EchoEngine;
-use whatsapp_webhook::format::Format;
 use whatsapp_webhook::graph::DryRunMessenger;
 use whatsapp_webhook::state::{MemoryStore, unix_now};
 use whatsapp_webhook::webhook::signature::sign;
@@ -42,18 +40,13 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn new_app() -> Arc<App> {
     Arc::new(App::new(
         AppOptions {
-            phone_number_id: PHONE_NUMBER_ID.into(),
-            verify_token: Secret::new("fuzz-verify-token"),
-            app_secrets: vec![Secret::new(APP_SECRET)],
-            allowed_numbers: AllowList::default(),
-            allowed_user_ids: Vec::new(),
             reply_threading: true,
-            format: Format::WhatsApp,
-            read_receipts: true,
-            unsupported_reply: true,
             sender_wait: Duration::from_millis(10),
-            max_part_units: 4096,
-            combine_window: std::time::Duration::ZERO,
+            ..AppOptions::new(
+                PHONE_NUMBER_ID,
+                Secret::new("fuzz-verify-token"),
+                vec![Secret::new(APP_SECRET)],
+            )
         },
         Arc::new(MemoryStore::new(
             Duration::from_secs(40),

@@ -57,20 +57,40 @@ pub struct AppOptions {
 }
 
 impl AppOptions {
+    /// The defaults of `channels.whatsapp` for one phone number: everyone allowed,
+    /// WhatsApp formatting, read receipts and the non-text notice on, no threading, no
+    /// combine window.
+    pub fn new(phone_number_id: &str, verify_token: Secret, app_secrets: Vec<Secret>) -> Self {
+        AppOptions {
+            phone_number_id: phone_number_id.to_string(),
+            verify_token,
+            app_secrets,
+            allowed_numbers: AllowList::default(),
+            allowed_user_ids: Vec::new(),
+            reply_threading: false,
+            format: Format::WhatsApp,
+            read_receipts: true,
+            unsupported_reply: true,
+            sender_wait: Duration::from_secs(5),
+            max_part_units: MAX_PART_UTF16,
+            combine_window: Duration::ZERO,
+        }
+    }
+
     pub fn from_config(c: &WhatsAppConfig) -> Self {
         AppOptions {
-            phone_number_id: c.phone_number_id.clone(),
-            verify_token: c.verify_token.clone(),
-            app_secrets: c.app_secrets.clone(),
             allowed_numbers: c.allowed_numbers.clone(),
             allowed_user_ids: c.allowed_user_ids.clone(),
             reply_threading: c.reply_threading,
             format: c.format,
             read_receipts: c.read_receipts,
             unsupported_reply: c.unsupported_reply,
-            sender_wait: Duration::from_secs(5),
-            max_part_units: MAX_PART_UTF16,
             combine_window: c.combine_window,
+            ..AppOptions::new(
+                &c.phone_number_id,
+                c.verify_token.clone(),
+                c.app_secrets.clone(),
+            )
         }
     }
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use serde_json::{Value, json};
-use whatsapp_webhook::allowlist::AllowList;
 use whatsapp_webhook::config::Secret;
 use whatsapp_webhook::engine::{Engine, HttpEngine};
 use whatsapp_webhook::graph::{GraphClient, Messenger, RetryPolicy};
@@ -46,20 +45,11 @@ impl TestClock {
 }
 
 pub fn options() -> AppOptions {
-    AppOptions {
-        phone_number_id: PHONE_NUMBER_ID.into(),
-        verify_token: Secret::new(VERIFY_TOKEN),
-        app_secrets: vec![Secret::new(APP_SECRET)],
-        allowed_numbers: AllowList::default(),
-        allowed_user_ids: Vec::new(),
-        reply_threading: false,
-        format: whatsapp_webhook::format::Format::WhatsApp,
-        read_receipts: true,
-        unsupported_reply: true,
-        sender_wait: Duration::from_secs(5),
-        max_part_units: 4096,
-        combine_window: std::time::Duration::ZERO,
-    }
+    AppOptions::new(
+        PHONE_NUMBER_ID,
+        Secret::new(VERIFY_TOKEN),
+        vec![Secret::new(APP_SECRET)],
+    )
 }
 
 pub struct Harness {
