@@ -381,8 +381,7 @@ impl App {
                     // Give quick follow-up lines a moment to arrive and join this turn.
                     tokio::time::sleep(self.options.combine_window).await;
                 }
-                let others = leader.take_waiting();
-                (leader, mine, others)
+                (leader, mine, Vec::new())
             }
             Joined::Wait(woken) => match woken.await {
                 Ok(Wake::Answered(outcome)) => return outcome,
@@ -393,7 +392,8 @@ impl App {
                 Err(_) => return Outcome::Failed,
             },
         };
-        // Messages handed over while this turn ran are answered by it too.
+        // Messages handed over until now (during the window, or behind the previous
+        // leader's turn) are answered by this turn too.
         others.extend(leader.take_waiting());
         let mut tagged: Vec<(usize, Prepared)> = mine.into_iter().map(|p| (0, p)).collect();
         let mut replies = Vec::with_capacity(others.len());
