@@ -99,3 +99,20 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
         Arc::new(unix_now),
     ))
 }
+
+/// An app with nothing outside the process: memory state (default lease and idle TTL),
+/// the echo engine and the system clock, sending through `messenger`. What `make run`
+/// builds from its embedded defaults, without the config; for tests, fuzzing and
+/// benchmarks.
+pub fn in_memory_app(options: AppOptions, messenger: Arc<dyn Messenger>) -> App {
+    App::new(
+        options,
+        Arc::new(MemoryStore::new(
+            Duration::from_secs(crate::config::DEFAULT_LEASE_SECS),
+            Duration::from_secs(crate::config::DEFAULT_SESSION_IDLE_TTL_HOURS * 3600),
+        )),
+        Arc::new(EchoEngine),
+        messenger,
+        Arc::new(unix_now),
+    )
+}

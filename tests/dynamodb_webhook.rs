@@ -44,10 +44,7 @@ impl Table {
     }
 
     async fn harness(&self) -> Harness {
-        let h = Harness::builder().store(self.store()).build().await;
-        h.graph_accepts().await;
-        h.engine_echoes().await;
-        h
+        Harness::builder().store(self.store()).start().await
     }
 
     /// Every attribute value in the table, rendered as text.
@@ -397,9 +394,7 @@ async fn unavailable_dynamodb_gives_500_and_sends_nothing() {
         LEASE,
         IDLE,
     ));
-    let h = Harness::builder().store(store).build().await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
+    let h = Harness::builder().store(store).start().await;
     assert_eq!(status(&h.post_json(&fixture("text.json")).await), 500);
     assert!(
         h.engine_calls().await.is_empty(),
@@ -418,9 +413,7 @@ async fn an_ordinary_text_message_costs_three_dynamodb_requests() {
             .build(),
     );
     let store = Arc::new(DynamoStore::new(client, table.name.clone(), LEASE, IDLE));
-    let h = Harness::builder().store(store).build().await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
+    let h = Harness::builder().store(store).start().await;
     assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
     assert_eq!(counter.0.load(Ordering::SeqCst), 3);
     assert_eq!(
@@ -476,9 +469,7 @@ async fn throttled_dynamodb_gives_500_and_sends_nothing() {
         .await;
     let client = Client::from_conf(moto::production_config_builder(&dynamo.uri()).build());
     let store = Arc::new(DynamoStore::new(client, "t".into(), LEASE, IDLE));
-    let h = Harness::builder().store(store).build().await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
+    let h = Harness::builder().store(store).start().await;
     assert_eq!(
         status(&h.post_json(&fixture("text.json")).await),
         500,

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use whatsapp_webhook::config::Secret;
-use whatsapp_webhook::engine::EchoEngine;
 use whatsapp_webhook::graph::DryRunMessenger;
 use whatsapp_webhook::server::lambda_handler;
-use whatsapp_webhook::state::{MemoryStore, unix_now};
 use whatsapp_webhook::webhook::{App, AppOptions};
+use whatsapp_webhook::wiring::in_memory_app;
 
 fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("events")
@@ -18,7 +17,7 @@ fn events_dir() -> PathBuf {
 
 /// The app as `make run` configures it: test secret, local verify token, echo engine.
 fn local_app() -> App {
-    App::new(
+    in_memory_app(
         AppOptions {
             sender_wait: Duration::from_secs(1),
             ..AppOptions::new(
@@ -27,13 +26,7 @@ fn local_app() -> App {
                 vec![Secret::new("whatsapp-webhook-test-secret")],
             )
         },
-        Arc::new(MemoryStore::new(
-            Duration::from_secs(40),
-            Duration::from_secs(3600),
-        )),
-        Arc::new(EchoEngine),
         Arc::new(DryRunMessenger),
-        Arc::new(unix_now),
     )
 }
 

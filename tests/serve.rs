@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use whatsapp_webhook::config::Secret;
-use whatsapp_webhook::engine::EchoEngine;
 use whatsapp_webhook::graph::DryRunMessenger;
 use whatsapp_webhook::server::{MAX_BODY_BYTES, serve};
-use whatsapp_webhook::state::{MemoryStore, unix_now};
-use whatsapp_webhook::webhook::{App, AppOptions};
+use whatsapp_webhook::webhook::AppOptions;
+use whatsapp_webhook::wiring::in_memory_app;
 
 const BIN: &str = env!("CARGO_BIN_EXE_whatsapp-webhook");
 
@@ -104,16 +103,7 @@ fn serve_options() -> AppOptions {
 }
 
 async fn start_server() -> (String, tokio::task::JoinHandle<()>) {
-    let app = App::new(
-        serve_options(),
-        Arc::new(MemoryStore::new(
-            Duration::from_secs(40),
-            Duration::from_secs(3600),
-        )),
-        Arc::new(EchoEngine),
-        Arc::new(DryRunMessenger),
-        Arc::new(unix_now),
-    );
+    let app = in_memory_app(serve_options(), Arc::new(DryRunMessenger));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -205,13 +195,8 @@ async fn a_client_hanging_up_does_not_abandon_the_delivery() {
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(400)))
         .mount(&graph)
         .await;
-    let app = App::new(
+    let app = in_memory_app(
         serve_options(),
-        Arc::new(MemoryStore::new(
-            Duration::from_secs(40),
-            Duration::from_secs(3600),
-        )),
-        Arc::new(EchoEngine),
         Arc::new(GraphClient::new(
             reqwest::Client::new(),
             &graph.uri(),
@@ -220,7 +205,6 @@ async fn a_client_hanging_up_does_not_abandon_the_delivery() {
             Secret::new("t"),
             RetryPolicy::NONE,
         )),
-        Arc::new(unix_now),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

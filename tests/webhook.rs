@@ -113,10 +113,8 @@ async fn rotated_app_secrets_both_verify() {
                 whatsapp_webhook::config::Secret::new(APP_SECRET),
             ]
         })
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     assert_eq!(
         status(&h.post_json(&fixture("status-delivered.json")).await),
         200
@@ -257,10 +255,8 @@ async fn failing_read_receipt_does_not_block_the_reply() {
 async fn read_receipts_can_be_turned_off() {
     let h = Harness::builder()
         .options(|o| o.read_receipts = false)
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     h.post_json(&fixture("text.json")).await;
     assert!(h.read_receipts().await.is_empty());
     assert_eq!(h.sent_texts().await.len(), 1);
@@ -421,10 +417,8 @@ async fn other_phone_number_id_is_ignored() {
 async fn senders_outside_allowed_numbers_are_dropped_silently() {
     let h = Harness::builder()
         .options(|o| o.allowed_numbers = AllowList::parse(&["+1 555-765-4321".into()]).unwrap())
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     let r = h.post_json(&fixture("batch-two-entries.json")).await;
     assert_eq!(status(&r), 200);
     // 15557654321 matches "+1 555-765-4321" by digits; 447700900555 is not allowed.
@@ -438,10 +432,8 @@ async fn senders_outside_allowed_numbers_are_dropped_silently() {
 async fn closed_allow_list_drops_username_users() {
     let h = Harness::builder()
         .options(|o| o.allowed_numbers = AllowList::parse(&["+15557654321".into()]).unwrap())
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     assert_eq!(
         status(&h.post_json(&fixture("bsuid-username-text.json")).await),
         200
@@ -702,10 +694,8 @@ async fn concurrent_messages_of_one_sender_never_overlap_at_the_engine() {
 async fn brazil_number_in_both_forms_is_one_sender() {
     let h = Harness::builder()
         .options(|o| o.allowed_numbers = AllowList::parse(&["+55 11 98765-4321".into()]).unwrap())
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     h.post_json(&text_message("5511987654321", "wamid.BR1", "with nine"))
         .await;
     h.post_json(&text_message("551187654321", "wamid.BR2", "without nine"))
@@ -744,10 +734,8 @@ async fn batched_messages_are_answered_in_timestamp_order() {
 async fn allowed_user_ids_let_username_users_in() {
     let h = Harness::builder()
         .options(|o| o.allowed_user_ids = vec!["US.11112222333344445555".into()])
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     assert_eq!(
         status(&h.post_json(&fixture("bsuid-username-text.json")).await),
         200
@@ -808,10 +796,8 @@ async fn username_user_keeps_the_session_of_their_number() {
 async fn username_user_linked_to_an_allowed_number_is_allowed() {
     let h = Harness::builder()
         .options(|o| o.allowed_numbers = AllowList::parse(&["+15557654321".into()]).unwrap())
-        .build()
+        .start()
         .await;
-    h.graph_accepts().await;
-    h.engine_echoes().await;
     // Unknown username user: dropped.
     assert_eq!(
         status(&h.post_json(&fixture("bsuid-username-text.json")).await),

@@ -14,11 +14,10 @@ use bytes::Bytes;
 use http::Request;
 use libfuzzer_sys::fuzz_target;
 use whatsapp_webhook::config::Secret;
-use whatsapp_webhook::engine::EchoEngine;
 use whatsapp_webhook::graph::DryRunMessenger;
-use whatsapp_webhook::state::{MemoryStore, unix_now};
 use whatsapp_webhook::webhook::signature::sign;
 use whatsapp_webhook::webhook::{App, AppOptions};
+use whatsapp_webhook::wiring::in_memory_app;
 
 const APP_SECRET: &str = "fuzz-app-secret";
 /// The fixtures' phone_number_id (fuzz/corpus/signed_payload), so their messages are answered.
@@ -38,7 +37,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn new_app() -> Arc<App> {
-    Arc::new(App::new(
+    Arc::new(in_memory_app(
         AppOptions {
             reply_threading: true,
             sender_wait: Duration::from_millis(10),
@@ -48,13 +47,7 @@ fn new_app() -> Arc<App> {
                 vec![Secret::new(APP_SECRET)],
             )
         },
-        Arc::new(MemoryStore::new(
-            Duration::from_secs(40),
-            Duration::from_secs(3600),
-        )),
-        Arc::new(EchoEngine),
         Arc::new(DryRunMessenger),
-        Arc::new(unix_now),
     ))
 }
 

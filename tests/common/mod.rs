@@ -95,6 +95,14 @@ impl HarnessBuilder {
         self
     }
 
+    /// Build, with the Graph API accepting everything and the engine echoing.
+    pub async fn start(self) -> Harness {
+        let h = self.build().await;
+        h.graph_accepts().await;
+        h.engine_echoes().await;
+        h
+    }
+
     pub async fn build(self) -> Harness {
         let server = match self.server {
             Some(s) => s,
@@ -154,10 +162,7 @@ impl Harness {
 
     /// A harness whose Graph API accepts everything and whose engine echoes "echo: <text>".
     pub async fn start() -> Harness {
-        let h = Harness::builder().build().await;
-        h.graph_accepts().await;
-        h.engine_echoes().await;
-        h
+        Harness::builder().start().await
     }
 
     pub async fn graph_accepts(&self) {
