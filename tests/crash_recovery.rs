@@ -7,7 +7,7 @@ mod common;
 mod moto;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,16 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_whatsapp-webhook");
 const SECRET: &str = "crash-test-secret";
 
 fn start_server(config: &std::path::Path) -> Child {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("WHATSAPP_ACCESS_TOKEN", "token")
-        .env("WHATSAPP_APP_SECRET", SECRET)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
+    let mut child = moto::serve_command(BIN, config, SECRET)
         .stderr(Stdio::null())
         .spawn()
         .expect("start server");

@@ -177,18 +177,9 @@ fn start_server(config: &std::path::Path) -> Server {
     let filter = std::env::var("LOAD_SERVER_LOG").unwrap_or_else(|_| "info".into());
     let mut copy = std::env::var_os("LOAD_SERVER_LOG_TO")
         .map(|f| std::io::BufWriter::new(std::fs::File::create(f).expect("LOAD_SERVER_LOG_TO")));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("WHATSAPP_ACCESS_TOKEN", "token")
-        .env("WHATSAPP_APP_SECRET", SECRET)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("NO_COLOR", "1")
+    let mut child = moto::serve_command(BIN, config, SECRET)
         .env("RUST_LOG", filter)
         .env_remove("LOG_LEVEL")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start server");

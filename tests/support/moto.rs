@@ -136,6 +136,23 @@ pub fn production_config_builder(endpoint: &str) -> aws_sdk_dynamodb::config::Bu
         .retry_config(whatsapp_webhook::state::dynamodb::retry_config())
 }
 
+/// The real binary as `serve --config CONFIG`, with an access token, `app_secret`, and
+/// the dummy AWS credentials moto accepts; stdout piped (it reports "ready" there).
+pub fn serve_command(bin: &str, config: &std::path::Path, app_secret: &str) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("WHATSAPP_ACCESS_TOKEN", "token")
+        .env("WHATSAPP_APP_SECRET", app_secret)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped());
+    command
+}
+
 pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config_builder(endpoint).build())
 }
