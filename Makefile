@@ -34,7 +34,7 @@ tools:
 	@bash scripts/ensure-moto.sh
 	@bash scripts/ensure-cargo-deny.sh
 
-## Regenerate events/*.json (and their signatures) from events/bodies/.
+## Regenerate events/*.json (and their signatures) from tests/fixtures/.
 events:
 	python3 scripts/make-events.py
 

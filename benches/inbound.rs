@@ -16,7 +16,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use http::StatusCode;
 
 use common::{Bodies, EngineKind, SECRET, app, runtime, signed_post, status_body, verify_get};
-use whatsapp_webhook::config::Secret;
+use whatsapp_webhook::domain::Secret;
 use whatsapp_webhook::webhook::signature::{SIGNATURE_HEADER, SignatureCheck, check_signature};
 
 const BATCH: usize = 1000;

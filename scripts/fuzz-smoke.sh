@@ -12,8 +12,9 @@
 # nightly toolchain for the sanitizer flags: `cargo +nightly` when rustup has one,
 # otherwise the default toolchain with RUSTC_BOOTSTRAP=1. The first build compiles the
 # whole crate again with AddressSanitizer into fuzz/target (several minutes).
-# Inputs libFuzzer finds go to fuzz/corpus-work/<target>/ (gitignored); the seeds in
-# fuzz/corpus/<target>/ are only read.
+# Inputs libFuzzer finds go to fuzz/corpus-work/<target>/ (gitignored); the seeds are only
+# read: tests/fixtures/ (Meta's webhook shapes, kept there once) for signed_payload,
+# fuzz/corpus/<target>/ for the others.
 #
 # FUZZ_SANITIZER (default address) and FUZZ_DEV=1 (an unoptimised build) trade depth for
 # build time: `make test` runs a short smoke with FUZZ_SANITIZER=none FUZZ_DEV=1, which
@@ -45,7 +46,9 @@ failed=()
 for target in "${targets[@]}"; do
     mkdir -p "corpus-work/$target"
     echo "fuzz-smoke: $target for ${seconds}s" >&2
-    if ! "${cargo[@]}" fuzz run "${build_flags[@]}" "$target" "corpus-work/$target" "corpus/$target" -- \
+    seeds="corpus/$target"
+    [ "$target" = signed_payload ] && seeds="../tests/fixtures"
+    if ! "${cargo[@]}" fuzz run "${build_flags[@]}" "$target" "corpus-work/$target" "$seeds" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; then
         failed+=("$target")
     fi

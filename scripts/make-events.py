@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Regenerate events/*.json: API Gateway HTTP API v2 events wrapping the bodies in
-events/bodies/, signed with the documented test app secret so that they pass the
+"""Regenerate events/*.json: API Gateway HTTP API v2 events wrapping Meta's webhook
+bodies, signed with the documented test app secret so that they pass the
 X-Hub-Signature-256 check of a local run (`make run`, `make watch`).
 
-Run after changing a body:  python3 scripts/make-events.py
+The bodies come from tests/fixtures/ (each Meta fixture is kept there only); the
+command and long-message bodies are text.json with another id and text.
+
+Run after changing a fixture:  python3 scripts/make-events.py
 """
 import hashlib
 import hmac
@@ -62,9 +65,25 @@ def sign(body: str) -> str:
     return "sha256=" + hmac.new(TEST_APP_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
+FIXTURES = ROOT / "tests" / "fixtures"
+LONG_PARAGRAPH = " ".join(["This paragraph is long enough to matter."] * 40)
+# Bodies that are text.json with another message id and text.
+TEXT_VARIANTS = {
+    "command-new": ("wamid.SAMPLE.command.new", "/new"),
+    "command-otr": ("wamid.SAMPLE.command.otr", "/otr"),
+    "long-message": ("wamid.SAMPLE.long.0001", "\n\n".join([LONG_PARAGRAPH] * 8)),
+}
+
+
 def body_of(name: str) -> str:
+    if name in TEXT_VARIANTS:
+        payload = json.loads((FIXTURES / "text.json").read_text())
+        message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+        message["id"], message["text"]["body"] = TEXT_VARIANTS[name]
+    else:
+        payload = json.loads((FIXTURES / f"{name}.json").read_text())
     # Compact, as Meta sends it; the signature covers these exact bytes.
-    return json.dumps(json.loads((EVENTS / "bodies" / f"{name}.json").read_text()), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 def main():

@@ -4,12 +4,12 @@
 //! Loading is two steps: deserialise into [`RawConfig`] (every field optional), then
 //! [`RawConfig::validate`] into a typed [`Config`] or one readable [`ConfigError`] line.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::allowlist::AllowList;
+use crate::app::AppOptions;
+use crate::domain::{AllowList, Secret};
 use crate::format::Format;
 
 /// The YAML used when `serve` runs without `--config`: memory state, echo engine,
@@ -28,25 +28,6 @@ pub const DEFAULT_SESSION_IDLE_TTL_HOURS: u64 = 720;
 pub const DEFAULT_LEASE_SECS: u64 = 40;
 /// Longest rapid-fire window: longer would hold every first line back noticeably.
 pub const MAX_COMBINE_WINDOW_MS: u64 = 10_000;
-
-/// A value that must never reach a log line: `Debug` prints `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// How the binary runs; decides defaults (state kind) and what is required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +57,9 @@ impl ConfigError {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the pipeline needs of `channels.whatsapp` (defaults from [`AppOptions::new`]).
+    pub app: AppOptions,
+    /// The rest of `channels.whatsapp`: how to reach Meta and where to listen.
     pub whatsapp: WhatsAppConfig,
     pub engine: EngineConfig,
     pub state: StateConfig,
@@ -83,30 +67,13 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct WhatsAppConfig {
-    pub phone_number_id: String,
     /// `None`: dry run, outgoing messages are logged (serve mode only).
     pub access_token: Option<Secret>,
-    pub verify_token: Secret,
     pub webhook_port: u16,
-    pub allowed_numbers: AllowList,
-    /// Username users (no phone number) let in by their business-scoped user id.
-    pub allowed_user_ids: Vec<String>,
-    /// Quote the user's message in the first part of the reply.
-    pub reply_threading: bool,
-    /// How the engine's Markdown is rendered for WhatsApp.
-    pub format: Format,
-    /// Any of these verifies `X-Hub-Signature-256` (several while rotating).
-    pub app_secrets: Vec<Secret>,
     /// Signature check off: only with `allow_unsigned: true` and no app secret.
     pub allow_unsigned: bool,
     pub graph_api_base: String,
     pub graph_api_version: String,
-    /// Mark inbound messages read and show "typing…" before asking the engine.
-    pub read_receipts: bool,
-    /// Answer non-text messages with a short "only text is supported".
-    pub unsupported_reply: bool,
-    /// How long a sender's first text waits for quick follow-up lines (rapid-fire).
-    pub combine_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -204,59 +171,70 @@ pub struct RawState {
     pub order_hold_secs: Option<u64>,
 }
 
-/// Environment variables that override single fields (documented in the README).
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("WHATSAPP_ENABLED", "channels.whatsapp.enabled"),
-    (
-        "WHATSAPP_PHONE_NUMBER_ID",
-        "channels.whatsapp.phone_number_id",
-    ),
-    (
-        "WHATSAPP_ACCESS_TOKEN_ENV",
-        "channels.whatsapp.access_token_env",
-    ),
-    ("WHATSAPP_VERIFY_TOKEN", "channels.whatsapp.verify_token"),
-    ("WEBHOOK_PORT", "channels.whatsapp.webhook_port"),
-    (
-        "WHATSAPP_ALLOWED_NUMBERS",
-        "channels.whatsapp.allowed_numbers",
-    ),
-    (
-        "WHATSAPP_APP_SECRET_ENV",
-        "channels.whatsapp.app_secret_env",
-    ),
-    (
-        "WHATSAPP_ALLOW_UNSIGNED",
-        "channels.whatsapp.allow_unsigned",
-    ),
-    (
-        "WHATSAPP_GRAPH_API_BASE",
-        "channels.whatsapp.graph_api_base",
-    ),
-    (
-        "WHATSAPP_GRAPH_API_VERSION",
-        "channels.whatsapp.graph_api_version",
-    ),
-    ("WHATSAPP_READ_RECEIPTS", "channels.whatsapp.read_receipts"),
-    (
-        "WHATSAPP_UNSUPPORTED_REPLY",
-        "channels.whatsapp.unsupported_reply",
-    ),
-    ("ENGINE_KIND", "engine.kind"),
-    ("ENGINE_URL", "engine.url"),
-    ("ENGINE_TOKEN_ENV", "engine.token_env"),
-    ("ENGINE_PASSWORD_ENV", "engine.password_env"),
-    ("ENGINE_TIMEOUT_SECS", "engine.timeout_secs"),
-    ("STATE_KIND", "state.kind"),
-    ("TABLE_NAME", "state.table"),
-    ("STATE_ENDPOINT_URL", "state.endpoint_url"),
-    ("SESSION_IDLE_TTL_HOURS", "state.session_idle_ttl_hours"),
-    ("STATE_LEASE_SECS", "state.lease_secs"),
-    ("STATE_ORDER_HOLD_SECS", "state.order_hold_secs"),
-    (
-        "WHATSAPP_COMBINE_WINDOW_MS",
-        "channels.whatsapp.combine_window_ms",
-    ),
+/// One environment variable that overrides one field: the Lambda way to configure,
+/// no file needed. [`ENV_OVERRIDES`] is the only list; the README's table is checked
+/// against it by a test.
+pub struct EnvOverride {
+    pub name: &'static str,
+    /// The YAML field it overrides.
+    pub field: &'static str,
+    /// Parse the (non-blank) value into the field; errors name the variable.
+    apply: fn(&mut RawConfig, &str) -> Result<(), ConfigError>,
+}
+
+/// `NAME => field (YAML path): parser, |raw| raw.slot`: the parser's result goes into
+/// the slot as `Some`.
+macro_rules! overrides {
+    ($($name:literal => $field:literal: $parse:ident, |$raw:ident| $slot:expr;)*) => {
+        &[$(EnvOverride {
+            name: $name,
+            field: $field,
+            apply: |$raw, value| {
+                $slot = Some($parse($name, value)?);
+                Ok(())
+            },
+        },)*]
+    };
+}
+
+pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
+    "WHATSAPP_ENABLED" => "channels.whatsapp.enabled": parse_bool, |c| c.channels.whatsapp.enabled;
+    "WHATSAPP_PHONE_NUMBER_ID" => "channels.whatsapp.phone_number_id": parse_text, |c| c.channels.whatsapp.phone_number_id;
+    "WHATSAPP_ACCESS_TOKEN_ENV" => "channels.whatsapp.access_token_env": parse_text, |c| c.channels.whatsapp.access_token_env;
+    "WHATSAPP_VERIFY_TOKEN" => "channels.whatsapp.verify_token": parse_text, |c| c.channels.whatsapp.verify_token;
+    "WEBHOOK_PORT" => "channels.whatsapp.webhook_port": parse_port, |c| c.channels.whatsapp.webhook_port;
+    "WHATSAPP_ALLOWED_NUMBERS" => "channels.whatsapp.allowed_numbers": parse_list, |c| c.channels.whatsapp.allowed_numbers;
+    "WHATSAPP_ALLOWED_USER_IDS" => "channels.whatsapp.allowed_user_ids": parse_list, |c| c.channels.whatsapp.allowed_user_ids;
+    "WHATSAPP_REPLY_THREADING" => "channels.whatsapp.reply_threading": parse_bool, |c| c.channels.whatsapp.reply_threading;
+    "WHATSAPP_FORMAT" => "channels.whatsapp.format": parse_text, |c| c.channels.whatsapp.format;
+    "WHATSAPP_APP_SECRET_ENV" => "channels.whatsapp.app_secret_env": parse_text, |c| c.channels.whatsapp.app_secret_env;
+    "WHATSAPP_ALLOW_UNSIGNED" => "channels.whatsapp.allow_unsigned": parse_bool, |c| c.channels.whatsapp.allow_unsigned;
+    "WHATSAPP_GRAPH_API_BASE" => "channels.whatsapp.graph_api_base": parse_text, |c| c.channels.whatsapp.graph_api_base;
+    "WHATSAPP_GRAPH_API_VERSION" => "channels.whatsapp.graph_api_version": parse_text, |c| c.channels.whatsapp.graph_api_version;
+    "WHATSAPP_READ_RECEIPTS" => "channels.whatsapp.read_receipts": parse_bool, |c| c.channels.whatsapp.read_receipts;
+    "WHATSAPP_UNSUPPORTED_REPLY" => "channels.whatsapp.unsupported_reply": parse_bool, |c| c.channels.whatsapp.unsupported_reply;
+    "WHATSAPP_COMBINE_WINDOW_MS" => "channels.whatsapp.combine_window_ms": parse_u64, |c| c.channels.whatsapp.combine_window_ms;
+    "ENGINE_KIND" => "engine.kind": parse_text, |c| c.engine.kind;
+    "ENGINE_URL" => "engine.url": parse_text, |c| c.engine.url;
+    "ENGINE_TOKEN_ENV" => "engine.token_env": parse_text, |c| c.engine.token_env;
+    "ENGINE_PASSWORD_ENV" => "engine.password_env": parse_text, |c| c.engine.password_env;
+    "ENGINE_TIMEOUT_SECS" => "engine.timeout_secs": parse_u64, |c| c.engine.timeout_secs;
+    "STATE_KIND" => "state.kind": parse_text, |c| c.state.kind;
+    "TABLE_NAME" => "state.table": parse_text, |c| c.state.table;
+    "STATE_ENDPOINT_URL" => "state.endpoint_url": parse_text, |c| c.state.endpoint_url;
+    "SESSION_IDLE_TTL_HOURS" => "state.session_idle_ttl_hours": parse_u64, |c| c.state.session_idle_ttl_hours;
+    "STATE_LEASE_SECS" => "state.lease_secs": parse_u64, |c| c.state.lease_secs;
+    "STATE_ORDER_HOLD_SECS" => "state.order_hold_secs": parse_u64, |c| c.state.order_hold_secs;
+};
+
+/// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
+/// `*_env` fields name (also checked against the README).
+pub const OTHER_ENV: &[&str] = &[
+    "WHATSAPP_CONFIG",
+    "LOG_LEVEL",
+    "RUST_LOG",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_ENDPOINT_URL",
 ];
 
 impl RawConfig {
@@ -272,70 +250,12 @@ impl RawConfig {
             })
     }
 
-    /// Apply every override in [`ENV_OVERRIDES`] that `env` has a value for.
+    /// Apply every override in [`ENV_OVERRIDES`] that `env` has a non-blank value for.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let w = &mut self.channels.whatsapp;
-        if let Some(v) = get("WHATSAPP_ENABLED") {
-            w.enabled = Some(parse_bool("WHATSAPP_ENABLED", &v)?);
-        }
-        set_string(&mut w.phone_number_id, get("WHATSAPP_PHONE_NUMBER_ID"));
-        set_string(&mut w.access_token_env, get("WHATSAPP_ACCESS_TOKEN_ENV"));
-        set_string(&mut w.verify_token, get("WHATSAPP_VERIFY_TOKEN"));
-        if let Some(v) = get("WEBHOOK_PORT") {
-            w.webhook_port = Some(v.trim().parse().map_err(|_| {
-                ConfigError::new(
-                    "WEBHOOK_PORT",
-                    format!("{v:?} is not a port number"),
-                    "use a number from 1 to 65535, e.g. 9443",
-                )
-            })?);
-        }
-        if let Some(v) = get("WHATSAPP_ALLOWED_NUMBERS") {
-            w.allowed_numbers = Some(v.split(',').map(str::to_string).collect());
-        }
-        if let Some(v) = get("WHATSAPP_ALLOWED_USER_IDS") {
-            w.allowed_user_ids = Some(v.split(',').map(str::to_string).collect());
-        }
-        set_string(&mut w.format, get("WHATSAPP_FORMAT"));
-        if let Some(v) = get("WHATSAPP_REPLY_THREADING") {
-            w.reply_threading = Some(parse_bool("WHATSAPP_REPLY_THREADING", &v)?);
-        }
-        set_string(&mut w.app_secret_env, get("WHATSAPP_APP_SECRET_ENV"));
-        if let Some(v) = get("WHATSAPP_ALLOW_UNSIGNED") {
-            w.allow_unsigned = Some(parse_bool("WHATSAPP_ALLOW_UNSIGNED", &v)?);
-        }
-        set_string(&mut w.graph_api_base, get("WHATSAPP_GRAPH_API_BASE"));
-        set_string(&mut w.graph_api_version, get("WHATSAPP_GRAPH_API_VERSION"));
-        if let Some(v) = get("WHATSAPP_READ_RECEIPTS") {
-            w.read_receipts = Some(parse_bool("WHATSAPP_READ_RECEIPTS", &v)?);
-        }
-        if let Some(v) = get("WHATSAPP_UNSUPPORTED_REPLY") {
-            w.unsupported_reply = Some(parse_bool("WHATSAPP_UNSUPPORTED_REPLY", &v)?);
-        }
-        if let Some(v) = get("WHATSAPP_COMBINE_WINDOW_MS") {
-            w.combine_window_ms = Some(parse_u64("WHATSAPP_COMBINE_WINDOW_MS", &v)?);
-        }
-        let e = &mut self.engine;
-        set_string(&mut e.kind, get("ENGINE_KIND"));
-        set_string(&mut e.url, get("ENGINE_URL"));
-        set_string(&mut e.token_env, get("ENGINE_TOKEN_ENV"));
-        set_string(&mut e.password_env, get("ENGINE_PASSWORD_ENV"));
-        if let Some(v) = get("ENGINE_TIMEOUT_SECS") {
-            e.timeout_secs = Some(parse_u64("ENGINE_TIMEOUT_SECS", &v)?);
-        }
-        let s = &mut self.state;
-        set_string(&mut s.kind, get("STATE_KIND"));
-        set_string(&mut s.table, get("TABLE_NAME"));
-        set_string(&mut s.endpoint_url, get("STATE_ENDPOINT_URL"));
-        if let Some(v) = get("SESSION_IDLE_TTL_HOURS") {
-            s.session_idle_ttl_hours = Some(parse_u64("SESSION_IDLE_TTL_HOURS", &v)?);
-        }
-        if let Some(v) = get("STATE_LEASE_SECS") {
-            s.lease_secs = Some(parse_u64("STATE_LEASE_SECS", &v)?);
-        }
-        if let Some(v) = get("STATE_ORDER_HOLD_SECS") {
-            s.order_hold_secs = Some(parse_u64("STATE_ORDER_HOLD_SECS", &v)?);
+        for o in ENV_OVERRIDES {
+            if let Some(value) = env(o.name).filter(|v| !v.trim().is_empty()) {
+                (o.apply)(self, &value)?;
+            }
         }
         Ok(())
     }
@@ -442,14 +362,14 @@ impl RawConfig {
             ));
         }
         let format = match non_empty(w.format) {
-            None => Format::default(),
-            Some(f) => Format::parse(&f).ok_or_else(|| {
+            None => None,
+            Some(f) => Some(Format::parse(&f).ok_or_else(|| {
                 ConfigError::new(
                     "channels.whatsapp.format",
                     format!("unknown format {f:?}"),
                     "use whatsapp, plain or none",
                 )
-            })?,
+            })?),
         };
         let webhook_port = w.webhook_port.unwrap_or(DEFAULT_PORT);
         if webhook_port == 0 {
@@ -460,40 +380,52 @@ impl RawConfig {
             ));
         }
 
-        let combine_window_ms = w.combine_window_ms.unwrap_or(0);
-        if combine_window_ms > MAX_COMBINE_WINDOW_MS {
+        let combine_window_ms = w.combine_window_ms;
+        if let Some(combine_window_ms) = combine_window_ms
+            && combine_window_ms > MAX_COMBINE_WINDOW_MS
+        {
             return Err(ConfigError::new(
                 "channels.whatsapp.combine_window_ms",
                 format!("{combine_window_ms} is longer than {MAX_COMBINE_WINDOW_MS} ms"),
                 "use 0 (combine only lines sent during a turn) or e.g. 1500",
             ));
         }
+        let mut app = AppOptions::new(&phone_number_id, Secret::new(verify_token), app_secrets);
+        app.allowed_numbers = allowed_numbers;
+        app.allowed_user_ids = w
+            .allowed_user_ids
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+            .collect();
+        if let Some(format) = format {
+            app.format = format;
+        }
+        let bools = [
+            (w.reply_threading, &mut app.reply_threading),
+            (w.read_receipts, &mut app.read_receipts),
+            (w.unsupported_reply, &mut app.unsupported_reply),
+        ];
+        for (set, slot) in bools {
+            if let Some(value) = set {
+                *slot = value;
+            }
+        }
+        if let Some(ms) = combine_window_ms {
+            app.combine_window = Duration::from_millis(ms);
+        }
         let whatsapp = WhatsAppConfig {
-            phone_number_id,
             access_token,
-            verify_token: Secret::new(verify_token),
             webhook_port,
-            allowed_numbers,
-            allowed_user_ids: w
-                .allowed_user_ids
-                .unwrap_or_default()
-                .into_iter()
-                .map(|id| id.trim().to_string())
-                .filter(|id| !id.is_empty())
-                .collect(),
-            reply_threading: w.reply_threading.unwrap_or(false),
-            format,
-            app_secrets,
             allow_unsigned,
             graph_api_base,
             graph_api_version,
-            read_receipts: w.read_receipts.unwrap_or(true),
-            unsupported_reply: w.unsupported_reply.unwrap_or(true),
-            combine_window: Duration::from_millis(combine_window_ms),
         };
         let engine = validate_engine(self.engine, env)?;
         let state = validate_state(self.state, mode)?;
         Ok(Config {
+            app,
             whatsapp,
             engine,
             state,
@@ -652,10 +584,22 @@ fn non_empty(value: Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn set_string(slot: &mut Option<String>, value: Option<String>) {
-    if value.is_some() {
-        *slot = value;
-    }
+fn parse_text(_name: &str, value: &str) -> Result<String, ConfigError> {
+    Ok(value.to_string())
+}
+
+fn parse_list(_name: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    Ok(value.split(',').map(str::to_string).collect())
+}
+
+fn parse_port(name: &str, value: &str) -> Result<u16, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            format!("{value:?} is not a port number"),
+            "use a number from 1 to 65535, e.g. 9443",
+        )
+    })
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
@@ -758,11 +702,11 @@ engine:
             ],
         )
         .unwrap();
-        assert_eq!(cfg.whatsapp.phone_number_id, "1234567890123456");
+        assert_eq!(cfg.app.phone_number_id, "1234567890123456");
         assert_eq!(cfg.whatsapp.access_token.as_ref().unwrap().expose(), "tok");
-        assert_eq!(cfg.whatsapp.app_secrets.len(), 2);
+        assert_eq!(cfg.app.app_secrets.len(), 2);
         assert_eq!(cfg.whatsapp.graph_api_base, "http://127.0.0.1:1234");
-        assert!(cfg.whatsapp.allowed_numbers.allows("16505551234"));
+        assert!(cfg.app.allowed_numbers.allows("16505551234"));
         assert!(matches!(cfg.engine, EngineConfig::Http { ref token, .. } if token.is_some()));
         assert_eq!(cfg.state.kind, StateKind::Memory);
     }
@@ -846,8 +790,8 @@ engine:
             ("ENGINE_KIND", "echo"),
         ]);
         let cfg = load(None, RunMode::Lambda, &env).unwrap();
-        assert_eq!(cfg.whatsapp.phone_number_id, "42");
-        assert!(cfg.whatsapp.allowed_numbers.allows("447700900555"));
+        assert_eq!(cfg.app.phone_number_id, "42");
+        assert!(cfg.app.allowed_numbers.allows("447700900555"));
         assert_eq!(
             cfg.state.kind,
             StateKind::DynamoDb {
@@ -861,7 +805,7 @@ engine:
     fn rapid_fire_window_and_order_hold_from_yaml_and_env() {
         let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, combine_window_ms: 1500}}\nstate: {order_hold_secs: 60}";
         let cfg = load_with(yaml, &[]).unwrap();
-        assert_eq!(cfg.whatsapp.combine_window, Duration::from_millis(1500));
+        assert_eq!(cfg.app.combine_window, Duration::from_millis(1500));
         assert_eq!(cfg.state.order_hold, Duration::from_secs(60));
         let cfg = load_with(
             yaml,
@@ -871,14 +815,14 @@ engine:
             ],
         )
         .unwrap();
-        assert_eq!(cfg.whatsapp.combine_window, Duration::ZERO);
+        assert_eq!(cfg.app.combine_window, Duration::ZERO);
         assert_eq!(cfg.state.order_hold, Duration::ZERO);
         let defaults = load_with(
             "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}",
             &[],
         )
         .unwrap();
-        assert_eq!(defaults.whatsapp.combine_window, Duration::ZERO);
+        assert_eq!(defaults.app.combine_window, Duration::ZERO);
         assert_eq!(defaults.state.order_hold, crate::state::DEFAULT_ORDER_HOLD);
     }
 
@@ -942,10 +886,5 @@ engine:
         assert!(matches!(cfg.engine, EngineConfig::Echo));
         assert_eq!(cfg.state.kind, StateKind::Memory);
         assert_eq!(cfg.whatsapp.webhook_port, 9443);
-    }
-
-    #[test]
-    fn secret_debug_is_masked() {
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
     }
 }

@@ -10,34 +10,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::allowlist::mask;
-use crate::config::Secret;
-
-/// Who a message goes to: a phone number (`to`) or, for username users without a
-/// phone number, the business-scoped user id (`recipient`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recipient {
-    Phone(String),
-    UserId(String),
-}
-
-impl Recipient {
-    /// The address as Meta gave it (what logs mask).
-    pub fn key(&self) -> &str {
-        match self {
-            Recipient::Phone(d) | Recipient::UserId(d) => d,
-        }
-    }
-
-    /// The key state is kept under: one per person, so the two forms of a Brazilian
-    /// or Mexican number share a session.
-    pub fn state_key(&self) -> String {
-        match self {
-            Recipient::Phone(d) => crate::allowlist::canonical_number(d),
-            Recipient::UserId(id) => id.clone(),
-        }
-    }
-}
+pub use crate::domain::Recipient;
+use crate::domain::{Secret, mask};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::webhook::App;
+use crate::app::App;
 
 /// Largest POST body accepted: Lambda's own request cap (6 MB) is the ceiling in
 /// the cloud, and a 1000-update batch from Meta is far below it.

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::{App, AppOptions};
 use crate::config::{Config, EngineConfig, StateKind};
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
 use crate::state::dynamodb::dynamo_client;
 use crate::state::{DynamoStore, MemoryStore, SessionStore, unix_now};
-use crate::webhook::{App, AppOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -36,7 +36,7 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             client.clone(),
             &w.graph_api_base,
             &w.graph_api_version,
-            &w.phone_number_id,
+            &config.app.phone_number_id,
             token.clone(),
             RetryPolicy::default(),
         )),
@@ -86,13 +86,13 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             .with_order_hold(config.state.order_hold),
         ),
     };
-    if w.app_secrets.is_empty() {
+    if config.app.app_secrets.is_empty() {
         tracing::warn!(
             "SIGNATURE CHECK OFF: no app secret and allow_unsigned: true; anyone can POST to this webhook"
         );
     }
     Ok(App::new(
-        AppOptions::from_config(w),
+        config.app.clone(),
         store,
         engine,
         messenger,

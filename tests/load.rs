@@ -34,8 +34,10 @@
 //! some replies fail 3 times in a row, to exercise redelivery after 500 and the order
 //! kept across it.
 
+#[allow(dead_code)]
+#[path = "it/helpers.rs"]
 mod common;
-#[path = "support/moto.rs"]
+#[path = "it/moto.rs"]
 mod moto;
 
 use std::collections::HashMap;

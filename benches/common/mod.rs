@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request};
 use serde_json::Value;
 
-use whatsapp_webhook::config::{self, LOCAL_DEFAULTS_YAML, RunMode, Secret};
-use whatsapp_webhook::engine::{EchoEngine, Engine, EngineError, Turn};
-use whatsapp_webhook::graph::{Messenger, Recipient, SendError};
+use whatsapp_webhook::app::App;
+use whatsapp_webhook::config::{self, LOCAL_DEFAULTS_YAML, RunMode};
+use whatsapp_webhook::domain::Secret;
+use whatsapp_webhook::engine::{EchoEngine, Engine};
 use whatsapp_webhook::state::{MemoryStore, unix_now};
-use whatsapp_webhook::webhook::signature::sign;
-use whatsapp_webhook::webhook::{App, AppOptions};
+use whatsapp_webhook::testing::{EmptyEngine, NoopMessenger};
 
 /// The documented test app secret (the one that signs `events/`).
 pub const SECRET: &str = "whatsapp-webhook-test-secret";
@@ -32,29 +31,6 @@ const FIXTURE_ID: &str = "wamid.SAMPLE.text.0001";
 const ID_MARK: &str = "@@ID@@";
 
 /// An engine that never replies: the turn ends without any outgoing message.
-pub struct EmptyEngine;
-
-#[async_trait]
-impl Engine for EmptyEngine {
-    async fn reply(&self, _turn: &Turn<'_>) -> Result<String, EngineError> {
-        Ok(String::new())
-    }
-}
-
-/// A messenger that accepts everything and does nothing (not even logging).
-pub struct NoopMessenger;
-
-#[async_trait]
-impl Messenger for NoopMessenger {
-    async fn send_text(&self, _to: &Recipient, _body: &str) -> Result<(), SendError> {
-        Ok(())
-    }
-    async fn mark_read_typing(&self, _message_id: &str) -> Result<(), SendError> {
-        Ok(())
-    }
-}
-
-/// Which engine the app gets.
 #[derive(Clone, Copy, Debug)]
 pub enum EngineKind {
     /// Replies nothing: measures the inbound path only.
@@ -74,9 +50,9 @@ pub fn app(engine: EngineKind) -> App {
     let env = |name: &str| (name == "WHATSAPP_APP_SECRET").then(|| SECRET.to_string());
     let config = config::load(Some(LOCAL_DEFAULTS_YAML), RunMode::Serve, &env)
         .expect("built-in defaults load");
-    assert_eq!(config.whatsapp.phone_number_id, PHONE_NUMBER_ID);
-    assert_eq!(config.whatsapp.app_secrets, vec![Secret::new(SECRET)]);
-    let mut options = AppOptions::from_config(&config.whatsapp);
+    assert_eq!(config.app.phone_number_id, PHONE_NUMBER_ID);
+    assert_eq!(config.app.app_secrets, vec![Secret::new(SECRET)]);
+    let mut options = config.app.clone();
     options.sender_wait = Duration::from_secs(1);
     App::new(
         options,
@@ -165,15 +141,7 @@ pub fn status_body() -> &'static str {
 /// A signed webhook POST, as Meta sends it (signing is the sender's cost: do it
 /// outside the timed part).
 pub fn signed_post(body: impl Into<Bytes>) -> Request<Bytes> {
-    let body: Bytes = body.into();
-    let signature = sign(SECRET, &body);
-    Request::builder()
-        .method(Method::POST)
-        .uri("/webhook")
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", signature)
-        .body(body)
-        .expect("request")
+    whatsapp_webhook::testing::signed_post(SECRET, body)
 }
 
 /// Meta's subscription check.

@@ -13,14 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use libfuzzer_sys::fuzz_target;
-use whatsapp_webhook::config::Secret;
+use whatsapp_webhook::domain::Secret;
 use whatsapp_webhook::graph::DryRunMessenger;
 use whatsapp_webhook::webhook::signature::sign;
-use whatsapp_webhook::webhook::{App, AppOptions};
+use whatsapp_webhook::app::{App, AppOptions};
 use whatsapp_webhook::wiring::in_memory_app;
 
 const APP_SECRET: &str = "fuzz-app-secret";
-/// The fixtures' phone_number_id (fuzz/corpus/signed_payload), so their messages are answered.
+/// The fixtures' phone_number_id (the seeds are tests/fixtures), so their messages are answered.
 const PHONE_NUMBER_ID: &str = "123456123456123";
 /// A fresh app (and memory store) every so many runs, so a long run does not grow
 /// the store without bound.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, EngineError, Mode, Turn, json_problem};
-use crate::config::Secret;
+use super::{Engine, EngineError, Turn, json_problem};
+use crate::domain::{Mode, Secret};
 
 pub struct HttpEngine {
     client: reqwest::Client,

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::domain::Mode;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 pub mod echo;
 pub mod http;
@@ -17,25 +17,6 @@ pub use openparallax::OpenParallaxEngine;
 /// approval that can only be given in the OpenParallax app (Tier 3).
 pub const APPROVAL_NOTICE: &str =
     "This action needs approval in the OpenParallax app before I can continue.";
-
-/// Conversation mode of a session. `Otr` (Off-The-Record) means nothing of the
-/// conversation may be stored anywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Normal,
-    Otr,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Normal => "normal",
-            Mode::Otr => "otr",
-        }
-    }
-}
 
 /// One user turn handed to the engine.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +90,7 @@ pub trait Engine: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[test]
     fn json_problem_never_quotes_the_input() {

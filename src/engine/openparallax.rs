@@ -43,8 +43,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{APPROVAL_NOTICE, Engine, EngineError, Mode, Notices, Turn, json_problem};
-use crate::config::Secret;
+use super::{APPROVAL_NOTICE, Engine, EngineError, Notices, Turn, json_problem};
+use crate::domain::{Mode, Secret};
 
 /// Name of the engine's session cookie.
 const COOKIE_NAME: &str = "op_session";

@@ -100,7 +100,7 @@ use super::{
     Attempt, Begin, Claim, DEDUP_RETENTION, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord,
     SessionStore, StateError, is_live, message_key, place_in_line, waiting_entry,
 };
-use crate::engine::Mode;
+use crate::domain::Mode;
 
 type Item = HashMap<String, AttributeValue>;
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::engine::Mode;
+pub use crate::domain::SessionRecord;
 
 pub mod dynamodb;
 pub mod memory;
@@ -36,16 +36,6 @@ pub const DEDUP_RETENTION: Duration = Duration::from_secs(10 * 24 * 3600);
 /// How long after its timestamp an unanswered message holds back newer messages of
 /// its sender (`state.order_hold_secs`).
 pub const DEFAULT_ORDER_HOLD: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub id: String,
-    pub mode: Mode,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds of the last turn; the session expires `session_idle_ttl` after it.
-    pub updated_at: u64,
-}
 
 /// What earlier attempts at one message achieved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::graph::Recipient;
+use crate::domain::{Recipient, digits};
 
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
@@ -139,10 +139,7 @@ pub struct InboundMessage {
 impl RawMessage {
     /// `None` when the message names no sender at all.
     pub fn into_inbound(self) -> Option<InboundMessage> {
-        let phone = self
-            .from
-            .map(|f| crate::allowlist::digits(&f))
-            .filter(|d| !d.is_empty());
+        let phone = self.from.map(|f| digits(&f)).filter(|d| !d.is_empty());
         let user_id = non_empty(self.from_user_id);
         let sender = match (phone, &user_id) {
             (Some(phone), _) => Recipient::Phone(phone),

@@ -3,7 +3,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::domain::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -1,0 +1,119 @@
+//! The assembled pipeline: [`App`] holds every part a request needs, built once at
+//! start ([`crate::wiring`]) and shared by reference. [`AppOptions`] holds the
+//! `channels.whatsapp` settings and their defaults, in one place.
+//!
+//! The parts, in the order a POST meets them: the HTTP edge
+//! ([`crate::webhook::edge`]: routing, signature, status codes), the payload walk
+//! ([`crate::webhook::walk`]), sender identity and allow policy
+//! ([`crate::webhook::identity`]), and the turn runner ([`crate::turn`]: claim,
+//! engine, split, send, progress), which does not know it was called from HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::{AllowList, Secret};
+use crate::engine::Engine;
+use crate::format::Format;
+use crate::graph::Messenger;
+use crate::split::MAX_PART_UTF16;
+use crate::state::SessionStore;
+use crate::turn::{Accepted, Outcome, TurnOptions, TurnRunner};
+use crate::webhook::identity::SenderPolicy;
+use crate::webhook::rapid_fire::SenderQueues;
+
+/// Unix seconds; injected so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The handler's settings, taken from `channels.whatsapp`.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub phone_number_id: String,
+    pub verify_token: Secret,
+    pub app_secrets: Vec<Secret>,
+    pub allowed_numbers: AllowList,
+    /// Username users let in by their business-scoped user id.
+    pub allowed_user_ids: Vec<String>,
+    /// Quote the user's message in the first part of the reply.
+    pub reply_threading: bool,
+    /// How the engine's Markdown is rendered.
+    pub format: Format,
+    pub read_receipts: bool,
+    pub unsupported_reply: bool,
+    /// How long a message waits for another message of the same sender to be answered
+    /// before the delivery is answered 503.
+    pub sender_wait: Duration,
+    /// Longest reply part, in UTF-16 code units.
+    pub max_part_units: usize,
+    /// How long a sender's first text waits for quick follow-up lines to join its
+    /// turn (in this process); zero: only lines that arrive during a turn are combined.
+    pub combine_window: Duration,
+}
+
+impl AppOptions {
+    /// The defaults of `channels.whatsapp` for one phone number: everyone allowed,
+    /// WhatsApp formatting, read receipts and the non-text notice on, no threading, no
+    /// combine window. The config starts from these, so each default lives here only.
+    pub fn new(phone_number_id: &str, verify_token: Secret, app_secrets: Vec<Secret>) -> Self {
+        AppOptions {
+            phone_number_id: phone_number_id.to_string(),
+            verify_token,
+            app_secrets,
+            allowed_numbers: AllowList::default(),
+            allowed_user_ids: Vec::new(),
+            reply_threading: false,
+            format: Format::WhatsApp,
+            read_receipts: true,
+            unsupported_reply: true,
+            sender_wait: Duration::from_secs(5),
+            max_part_units: MAX_PART_UTF16,
+            combine_window: Duration::ZERO,
+        }
+    }
+
+    fn turn_options(&self) -> TurnOptions {
+        TurnOptions {
+            reply_threading: self.reply_threading,
+            format: self.format,
+            read_receipts: self.read_receipts,
+            sender_wait: self.sender_wait,
+            max_part_units: self.max_part_units,
+        }
+    }
+}
+
+/// Everything a request needs, built once at start and shared by reference.
+pub struct App {
+    pub(crate) options: AppOptions,
+    pub(crate) senders: SenderPolicy,
+    pub(crate) turns: TurnRunner,
+    /// Requests waiting while another request of this process answers their sender.
+    pub(crate) rapid_fire: SenderQueues<Accepted, Outcome>,
+}
+
+impl App {
+    pub fn new(
+        options: AppOptions,
+        store: Arc<dyn SessionStore>,
+        engine: Arc<dyn Engine>,
+        messenger: Arc<dyn Messenger>,
+        clock: Clock,
+    ) -> Self {
+        App {
+            senders: SenderPolicy::new(
+                options.allowed_numbers.clone(),
+                options.allowed_user_ids.clone(),
+                store.clone(),
+                clock.clone(),
+            ),
+            turns: TurnRunner::new(options.turn_options(), store, engine, messenger, clock),
+            rapid_fire: SenderQueues::default(),
+            options,
+        }
+    }
+
+    /// How many requests wait, in this process, for a turn of their sender to end
+    /// (observability and tests).
+    pub fn waiting_requests(&self) -> usize {
+        self.rapid_fire.waiting()
+    }
+}

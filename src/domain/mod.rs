@@ -1,0 +1,12 @@
+//! The small types every part of the adapter speaks: who a message is from or goes
+//! to (numbers, user ids, the allow-list), the session a conversation belongs to, and
+//! values that must never reach a log. Nothing here imports an adapter (`state`,
+//! `engine`, `graph`, `webhook`, `server`) or `config`: they all depend on this.
+
+pub mod phone;
+pub mod secret;
+pub mod session;
+
+pub use phone::{AllowList, Recipient, canonical_number, digits, mask};
+pub use secret::Secret;
+pub use session::{Mode, SessionRecord};

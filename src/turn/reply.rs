@@ -1,0 +1,236 @@
+//! One turn, once its messages are held: run the command, notice or engine turn,
+//! render and split the reply, send the parts with progress recorded (normal mode
+//! only), and settle the message in the store.
+
+use super::runner::TurnRunner;
+use super::{Action, Outcome};
+use crate::commands::{Command, UNAVAILABLE_TEXT};
+use crate::domain::{Mode, Recipient, SessionRecord, mask};
+use crate::engine::{EngineError, Turn};
+use crate::format::{FENCE_HEADROOM, convert, rebalance_fences};
+use crate::graph::SendError;
+use crate::split::split_reply;
+use crate::state::{Attempt, Progress, StateError};
+
+/// One message being answered.
+pub(super) struct TurnState<'a> {
+    pub attempt: Attempt<'a>,
+    pub msg_ref: &'a str,
+    pub now: u64,
+    pub session: SessionRecord,
+    pub progress: Progress,
+}
+
+impl TurnRunner {
+    pub(super) async fn answer(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        action: Action,
+        read_id: &str,
+    ) -> Outcome {
+        let parts = if turn.progress.parts.is_empty() {
+            match self.reply_parts(turn, to, action, read_id).await {
+                Ok(parts) => parts,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            // A redelivery of a normal-mode reply that was cut short: resume it.
+            std::mem::take(&mut turn.progress.parts)
+        };
+        self.send_parts(turn, to, parts).await
+    }
+
+    /// The reply to send, or the outcome if the turn ends here.
+    async fn reply_parts(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        action: Action,
+        read_id: &str,
+    ) -> Result<Vec<String>, Outcome> {
+        let text = match action {
+            Action::Command(command) => {
+                match command {
+                    Command::New => turn.session = SessionRecord::start(Mode::Normal, turn.now),
+                    Command::Otr => turn.session = SessionRecord::start(Mode::Otr, turn.now),
+                    Command::Help => {}
+                }
+                tracing::info!(from = %mask(to.key()), msg = %turn.msg_ref, command = ?command, "command");
+                return Ok(vec![command.confirmation().to_string()]);
+            }
+            Action::Notice(notice) => return Ok(vec![notice.to_string()]),
+            Action::Turn(text) => text,
+        };
+        if self.options.read_receipts
+            && let Err(e) = self.messenger.mark_read_typing(read_id).await
+        {
+            tracing::warn!(error = %e, msg = %turn.msg_ref, "read receipt / typing indicator failed");
+        }
+        let request = Turn {
+            session_id: &turn.session.id,
+            mode: turn.session.mode,
+            text: &text,
+            from: to.key(),
+            message_id: turn.attempt.message_id,
+        };
+        match self.ask_engine(&request, to, turn.msg_ref).await {
+            Ok(reply) => Ok(self.render(&reply)),
+            Err(e) => {
+                let transient = e.is_transient();
+                tracing::error!(error = %e, transient, msg = %turn.msg_ref, mode = turn.session.mode.as_str(), "engine failed");
+                if !turn.progress.notice_sent {
+                    match self.messenger.send_text(to, UNAVAILABLE_TEXT).await {
+                        Ok(()) => turn.progress.notice_sent = true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, msg = %turn.msg_ref, "could not send the unavailable notice")
+                        }
+                    }
+                }
+                if transient {
+                    // Keep the message for Meta's redelivery, which asks the engine again.
+                    Err(self.abandon(turn).await)
+                } else {
+                    Err(self.finish(turn).await)
+                }
+            }
+        }
+    }
+
+    /// The engine's Markdown as WhatsApp parts: converted, split, code fences closed at
+    /// each cut and reopened in the next part.
+    fn render(&self, reply: &str) -> Vec<String> {
+        let text = convert(reply, self.options.format);
+        if text.contains("```") {
+            let room = self
+                .options
+                .max_part_units
+                .saturating_sub(FENCE_HEADROOM)
+                .max(1);
+            rebalance_fences(split_reply(&text, room))
+        } else {
+            split_reply(&text, self.options.max_part_units)
+        }
+    }
+
+    /// Ask the engine, sending its interim notices to the user while it works.
+    async fn ask_engine(
+        &self,
+        request: &Turn<'_>,
+        to: &Recipient,
+        msg_ref: &str,
+    ) -> Result<String, EngineError> {
+        let (notices, mut pending) = tokio::sync::mpsc::unbounded_channel();
+        let reply = self.engine.reply_with_notices(request, &notices);
+        tokio::pin!(reply);
+        loop {
+            tokio::select! {
+                result = &mut reply => return result,
+                Some(notice) = pending.recv() => {
+                    if let Err(e) = self.messenger.send_text(to, &notice).await {
+                        tracing::warn!(error = %e, msg = %msg_ref, "could not send an interim notice");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_parts(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        parts: Vec<String>,
+    ) -> Outcome {
+        // OTR replies are never stored: a redelivery asks the engine again.
+        let keep_text = turn.session.mode == Mode::Normal;
+        let first = turn.progress.sent as usize;
+        if keep_text && parts.len() > first + 1 && turn.progress.parts.is_empty() {
+            // Several parts to go: store them first, so a crash mid-reply can resume.
+            turn.progress.parts = parts.clone();
+            if let Err(e) = self
+                .store
+                .save_progress(&turn.attempt, &turn.progress)
+                .await
+            {
+                tracing::error!(error = %e, msg = %turn.msg_ref, "could not store the reply; nothing sent");
+                return self.abandon_after(turn, e).await;
+            }
+        }
+        for (index, part) in parts.iter().enumerate().skip(first) {
+            let sent = if index == 0 && self.options.reply_threading {
+                self.messenger
+                    .send_reply(to, part, turn.attempt.message_id)
+                    .await
+            } else {
+                self.messenger.send_text(to, part).await
+            };
+            match sent {
+                Ok(()) => {
+                    turn.progress.sent += 1;
+                    let more = index + 1 < parts.len();
+                    if more
+                        && keep_text
+                        && let Err(e) = self
+                            .store
+                            .save_progress(&turn.attempt, &turn.progress)
+                            .await
+                    {
+                        tracing::error!(error = %e, msg = %turn.msg_ref, "could not record reply progress");
+                        return self.abandon_after(turn, e).await;
+                    }
+                }
+                Err(e @ SendError::Permanent { .. }) => {
+                    // Retrying cannot help (e.g. 131047 outside the 24 h window): settle.
+                    tracing::warn!(error = %e, msg = %turn.msg_ref, to = %mask(to.key()), part = index + 1, "reply refused by the Graph API");
+                    turn.progress = Progress::default();
+                    return self.finish(turn).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, msg = %turn.msg_ref, part = index + 1, of = parts.len(), "reply part not sent; leaving it for redelivery");
+                    if keep_text {
+                        turn.progress.parts = parts;
+                    } else {
+                        turn.progress.sent = 0;
+                        turn.progress.parts.clear();
+                    }
+                    return self.abandon(turn).await;
+                }
+            }
+        }
+        tracing::info!(msg = %turn.msg_ref, to = %mask(to.key()), parts = parts.len(), mode = turn.session.mode.as_str(), "answered");
+        self.finish(turn).await
+    }
+
+    async fn finish(&self, turn: &TurnState<'_>) -> Outcome {
+        match self
+            .store
+            .finish(&turn.attempt, &turn.session, turn.now)
+            .await
+        {
+            Ok(()) => Outcome::Settled,
+            Err(e) => {
+                tracing::error!(error = %e, msg = %turn.msg_ref, "could not mark the message answered");
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn abandon(&self, turn: &TurnState<'_>) -> Outcome {
+        if let Err(e) = self
+            .store
+            .abandon(&turn.attempt, &turn.progress, &turn.session, turn.now)
+            .await
+        {
+            // The leases expire on their own; the redelivery resumes after that.
+            tracing::error!(error = %e, msg = %turn.msg_ref, "could not release the message");
+        }
+        Outcome::Failed
+    }
+
+    async fn abandon_after(&self, turn: &TurnState<'_>, error: StateError) -> Outcome {
+        match error {
+            StateError::LostLease => Outcome::Failed,
+            _ => self.abandon(turn).await,
+        }
+    }
+}

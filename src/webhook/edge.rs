@@ -1,0 +1,211 @@
+//! The HTTP edge: one request in, one response out, the same in serve and Lambda mode.
+//! Routing, the verification GET, the signature check, and the status code.
+//!
+//! A POST answers 200 only after every message in it was answered (a Lambda is
+//! frozen once it responds), 503 when another delivery holds a message, and 500
+//! when something failed for now, so that Meta redelivers.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+
+use super::payload::Envelope;
+use super::rapid_fire::{Joined, Waiter, Wake};
+use super::signature::{SIGNATURE_HEADER, SignatureCheck, check_signature};
+use super::verify::{Verification, verify_subscription};
+use super::walk::collect_messages;
+use crate::app::App;
+use crate::turn::{Accepted, Outcome};
+
+impl App {
+    /// Answer one HTTP request. Never panics on input; every refusal says why.
+    pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path();
+        if !is_webhook_path(path) {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: the webhook is at /webhook",
+            );
+        }
+        match *request.method() {
+            Method::GET => self.verify(request.uri().query()),
+            Method::POST => self.receive(&request).await,
+            _ => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
+                response
+            }
+        }
+    }
+
+    fn verify(&self, query: Option<&str>) -> Response<Bytes> {
+        match verify_subscription(query, self.options.verify_token.expose()) {
+            Verification::Accepted(challenge) => {
+                tracing::info!("webhook verification accepted");
+                text(StatusCode::OK, challenge)
+            }
+            Verification::Missing(name) => text(StatusCode::BAD_REQUEST, format!("missing {name}")),
+            Verification::Refused => {
+                tracing::warn!("webhook verification refused: wrong hub.verify_token or hub.mode");
+                text(StatusCode::FORBIDDEN, "verify token mismatch")
+            }
+        }
+    }
+
+    async fn receive(&self, request: &Request<Bytes>) -> Response<Bytes> {
+        let body = request.body();
+        if !self.options.app_secrets.is_empty() {
+            let header = request
+                .headers()
+                .get(SIGNATURE_HEADER)
+                .map(|v| v.as_bytes());
+            match check_signature(header, body, &self.options.app_secrets) {
+                SignatureCheck::Valid => {}
+                SignatureCheck::Missing => {
+                    tracing::warn!("POST without X-Hub-Signature-256 refused");
+                    return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+                }
+                SignatureCheck::Invalid => {
+                    tracing::warn!("POST with a wrong X-Hub-Signature-256 refused");
+                    return text(StatusCode::FORBIDDEN, "invalid X-Hub-Signature-256");
+                }
+            }
+        }
+        let envelope: Envelope<'_> = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(category = ?e.classify(), line = e.line(), column = e.column(), "POST body refused: not a webhook JSON object");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "body is not a JSON webhook payload",
+                );
+            }
+        };
+        let mut messages = collect_messages(&envelope, &self.options.phone_number_id);
+        // Meta may batch several messages of one sender: answer them in the order written.
+        messages.sort_by_key(|m| m.timestamp);
+        let mut by_sender: Vec<(String, Vec<Accepted>)> = Vec::new();
+        for message in messages {
+            let Some(accepted) = self
+                .senders
+                .accept(message, self.options.unsupported_reply)
+                .await
+            else {
+                continue;
+            };
+            match by_sender.iter_mut().find(|(k, _)| *k == accepted.state_key) {
+                Some((_, batch)) => batch.push(accepted),
+                None => by_sender.push((accepted.state_key.clone(), vec![accepted])),
+            }
+        }
+        let mut worst = Outcome::Settled;
+        for (state_key, batch) in by_sender {
+            worst = worst.max(self.serve_sender(&state_key, batch).await);
+        }
+        match worst {
+            Outcome::Settled => text(StatusCode::OK, "ok"),
+            Outcome::Busy => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "a message is being answered by another delivery; retry later",
+            ),
+            Outcome::Failed => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "temporary failure; retry later",
+            ),
+        }
+    }
+
+    /// Answer one sender's messages of this request. If another request of this
+    /// process is answering the same sender, hand them over and wait: they are
+    /// answered in its next turn, rapid-fire texts combined.
+    async fn serve_sender(&self, state_key: &str, batch: Vec<Accepted>) -> Outcome {
+        let (leader, mine, mut others) = match self.rapid_fire.join(state_key, batch) {
+            Joined::Lead(leader, mine) => {
+                if !self.options.combine_window.is_zero() && mine.iter().any(Accepted::is_turn) {
+                    // Give quick follow-up lines a moment to arrive and join this turn.
+                    tokio::time::sleep(self.options.combine_window).await;
+                }
+                (leader, mine, Vec::new())
+            }
+            Joined::Wait(woken) => match woken.await {
+                Ok(Wake::Answered(outcome)) => return outcome,
+                Ok(Wake::Lead { items, others }) => {
+                    (self.rapid_fire.resume(state_key), items, others)
+                }
+                // The leading request was cancelled before answering ours.
+                Err(_) => return Outcome::Failed,
+            },
+        };
+        // Messages handed over until now (during the window, or behind the previous
+        // leader's turn) are answered by this turn too.
+        others.extend(leader.take_waiting());
+        let mut tagged: Vec<(usize, Accepted)> = mine.into_iter().map(|p| (0, p)).collect();
+        let mut replies = Vec::with_capacity(others.len());
+        for (index, Waiter { items, reply }) in others.into_iter().enumerate() {
+            tagged.extend(items.into_iter().map(|p| (index + 1, p)));
+            replies.push(reply);
+        }
+        // Stable: equal timestamps keep their arrival order.
+        tagged.sort_by_key(|(_, p)| p.timestamp);
+        // A redelivery that arrived while its first delivery waited here is the same
+        // message: answer it once, and tell both requests the same outcome.
+        let mut unique: Vec<&Accepted> = Vec::with_capacity(tagged.len());
+        let mut answered_as = Vec::with_capacity(tagged.len());
+        for (_, p) in &tagged {
+            match unique.iter().position(|u| u.id == p.id) {
+                Some(index) => answered_as.push(index),
+                None => {
+                    answered_as.push(unique.len());
+                    unique.push(p);
+                }
+            }
+        }
+        let outcomes = self.turns.answer_in_order(&unique).await;
+        let mut worst = vec![Outcome::Settled; replies.len() + 1];
+        for ((owner, _), index) in tagged.iter().zip(answered_as) {
+            worst[*owner] = worst[*owner].max(outcomes[index]);
+        }
+        for (reply, outcome) in replies.into_iter().zip(worst.iter().skip(1)) {
+            reply.answer(*outcome);
+        }
+        leader.hand_over();
+        worst[0]
+    }
+}
+
+/// API Gateway stages and Function URLs may prefix the path; the last segment decides.
+fn is_webhook_path(path: &str) -> bool {
+    path == "/" || path.trim_end_matches('/').ends_with("/webhook")
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_path_may_carry_a_stage_prefix() {
+        for ok in [
+            "/",
+            "/webhook",
+            "/webhook/",
+            "/prod/webhook",
+            "/a/b/webhook",
+        ] {
+            assert!(is_webhook_path(ok), "{ok}");
+        }
+        for no in ["/webhooks", "/hook", "/webhook/x", ""] {
+            assert!(!is_webhook_path(no), "{no}");
+        }
+    }
+}
