@@ -14,9 +14,9 @@ run:
 	WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) ./target/debug/whatsapp-webhook serve
 
 ## Every check CI runs: formatting, lints, licences/sources, unit, property, integration
-## and load tests (moto_server included), a fuzz smoke run, the SAM template, the arm64
-## Lambda build and every event in events/ replayed through `cargo lambda watch`.
-test: check fuzz-smoke validate build lambda-replay
+## and load tests (moto_server included; the real binary under a Lambda runtime API of the
+## tests' own), a fuzz smoke run, the SAM template and the arm64 Lambda build.
+test: check fuzz-smoke validate build
 
 ## The quick loop: formatting, lints, dependency policy and `cargo test`.
 check: tools
@@ -40,7 +40,7 @@ events:
 
 # ---------------------------------------------------------------- deployment (AWS Lambda)
 # Tools (cargo-lambda with zig, sam, cfn-lint) live in .venv; see docs/DEPLOY.md.
-.PHONY: deploy-tools build validate deploy watch invoke lambda-replay
+.PHONY: deploy-tools build validate deploy watch invoke
 # SAM CLI telemetry off by default (CI and offline machines would wait on it); opt in with
 # `make deploy SAM_CLI_TELEMETRY=1`.
 SAM_CLI_TELEMETRY ?= 0
@@ -74,9 +74,11 @@ deploy: deploy-tools
 	fi
 
 ## The function in Lambda mode under `cargo lambda watch` (invoke port $(INVOKE_PORT)),
-## local defaults from scripts/lambda-local.env, replies to a Graph API stub.
+## local defaults from scripts/lambda-local.env, replies to the Graph API stub
+## (examples/graph_stub.rs; `curl 127.0.0.1:$(GRAPH_STUB_PORT)/count` counts them).
 watch: deploy-tools
-	@python3 scripts/graph-stub.py $(GRAPH_STUB_PORT) >/dev/null & stub=$$!; \
+	cargo build --quiet --example graph_stub
+	@./target/debug/examples/graph_stub $(GRAPH_STUB_PORT) & stub=$$!; \
 	trap 'kill $$stub 2>/dev/null' EXIT; \
 	$(DEPLOY_PATH) cargo lambda watch --invoke-port $(INVOKE_PORT) \
 		--env-file scripts/lambda-local.env \
@@ -89,10 +91,6 @@ invoke: deploy-tools
 		exit 2; \
 	fi
 	$(DEPLOY_PATH) cargo lambda invoke --invoke-port $(INVOKE_PORT) --data-file $(EVENT)
-
-## Every event in events/expected-status.txt through `cargo lambda watch`; N passed, M failed.
-lambda-replay: deploy-tools
-	@bash scripts/lambda-replay.sh
 
 # ---------------------------------------------------------------- fuzzing (cargo-fuzz)
 .PHONY: fuzz

@@ -14,6 +14,7 @@ mod crash_recovery;
 mod dynamodb_store;
 mod dynamodb_webhook;
 mod lambda_events;
+mod lambda_runtime;
 mod openparallax_engine;
 mod openparallax_webhook;
 mod payload_proptest;
