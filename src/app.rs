@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{AllowList, Secret};
+use crate::domain::{AllowList, Clock, Secret};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
@@ -20,9 +20,6 @@ use crate::state::SessionStore;
 use crate::turn::{Accepted, Outcome, TurnOptions, TurnRunner};
 use crate::webhook::identity::SenderPolicy;
 use crate::webhook::rapid_fire::SenderQueues;
-
-/// Unix seconds; injected so tests can move time.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The handler's settings, taken from `channels.whatsapp`.
 #[derive(Debug, Clone)]

@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-pub use crate::domain::Recipient;
-use crate::domain::{Secret, mask};
+use crate::domain::{Recipient, Secret, mask};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::Request;
 
-use crate::app::Clock;
-use crate::domain::Recipient;
+use crate::domain::{Clock, Recipient};
 use crate::engine::{Engine, EngineError, Turn};
 use crate::graph::{Messenger, SendError};
 use crate::webhook::signature::sign;

@@ -10,3 +10,6 @@ pub mod session;
 pub use phone::{AllowList, Recipient, canonical_number, digits, mask};
 pub use secret::Secret;
 pub use session::{Mode, SessionRecord};
+
+/// Unix seconds now; injected so tests can move time.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use super::reply::TurnState;
 use super::{Accepted, Action, Outcome};
-use crate::app::Clock;
-use crate::domain::{Mode, SessionRecord, mask};
+use crate::domain::{Clock, Mode, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;

@@ -6,9 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::payload::{Content, InboundMessage};
-use crate::app::Clock;
 use crate::commands::{Command, UNSUPPORTED_TEXT};
-use crate::domain::{AllowList, Recipient, mask};
+use crate::domain::{AllowList, Clock, Recipient, mask};
 use crate::state::{SessionStore, message_key};
 use crate::turn::{Accepted, Action};
 
