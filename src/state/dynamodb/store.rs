@@ -1,288 +1,40 @@
-//! DynamoDB [`SessionStore`]: same semantics as [`super::MemoryStore`], durable across
-//! Lambda instances.
-//!
-//! # Single-table design
-//!
-//! One table, partition key `pk` (String) only, no sort key, on-demand billing
-//! (PAY_PER_REQUEST), DynamoDB TTL on the attribute `ttl`. Two kinds of items:
-//!
-//! **Sender item**, `pk = "sender#<sender key>"` (phone digits or user id):
-//!
-//! | attribute     | type | meaning                                                    |
-//! |---------------|------|------------------------------------------------------------|
-//! | `session_id`  | S    | current session id (absent until the first answer)         |
-//! | `mode`        | S    | `normal` or `otr`                                          |
-//! | `created_at`  | N    | unix seconds the session started                           |
-//! | `updated_at`  | N    | unix seconds of the last turn                              |
-//! | `holder`      | S    | lease token of the attempt answering this sender (removed on release) |
-//! | `lease_until` | N    | unix seconds the sender lease ends (removed on release)    |
-//! | `ttl`         | N    | `updated_at + session idle ttl + lease` (`begin` sets `now + idle ttl + lease`, so the item outlives the lease) |
-//! | `waiting`     | SS   | waiting list: `<timestamp, 12 digits>#<message hash>` of messages that wait for their turn (absent when empty) |
-//! | `waiting_version` | N | bumped on every change of `waiting`, so a rewrite of the list is conditioned on it |
-//!
-//! **User link item**, `pk = "user#<business-scoped user id>"`: `sender` (S, the sender
-//! key of the same person, written when a message carries both a phone number and a user
-//! id) and `ttl`; lets a username user keep their session once Meta stops sending the
-//! phone number.
-//!
-//! **Message item**, `pk = "msg#" + message_key(message id)`: a hash, so the table never
-//! holds a WhatsApp message id (wamid):
-//!
-//! | attribute     | type   | meaning                                                    |
-//! |---------------|--------|------------------------------------------------------------|
-//! | `done`        | BOOL   | answered; later deliveries send nothing                    |
-//! | `holder`      | S      | lease token of the attempt answering this message          |
-//! | `lease_until` | N      | unix seconds the message lease ends (0: released)          |
-//! | `parts`       | L of S | the split reply, only while a normal-mode reply is pending |
-//! | `sent`        | N      | reply parts the Graph API accepted                         |
-//! | `notice_sent` | BOOL   | the "assistant unavailable" notice went out                |
-//! | `ttl`         | N      | first claim + `DEDUP_RETENTION` (10 days, longer than Meta's 7-day redelivery) |
-//!
-//! DynamoDB TTL deletes expired items late (up to days), so reads filter: a session
-//! whose `updated_at + idle ttl <= now` is treated as absent. `finish` removes `parts`,
-//! and the handler never saves `parts` for OTR sessions, so no reply text outlives
-//! its delivery.
-//!
-//! # Order
-//!
-//! The sender lease is granted by one UpdateItem conditioned on a free lease *and* an
-//! empty waiting list. When the list is not empty, the failed condition returns the
-//! item; if no live entry is older than this message, a second UpdateItem takes the
-//! lease and rewrites the list without this message's entry and without expired ones,
-//! conditioned on `waiting_version`. A message that must wait adds its entry (`ADD`)
-//! before handing its claim back; `abandon` adds the failed message's entry in its
-//! transaction; entries older than the order hold are ignored and dropped at the next
-//! rewrite. See [`super`] ("Order").
-//!
-//! # Requests per message
-//!
-//! * `begin`: 2 × UpdateItem (claim the message, returning its progress; lease the
-//!   sender, returning its session). A busy sender adds two UpdateItems (join the
-//!   waiting list, hand the message claim back at once); a message that waited adds
-//!   one (the lease with the list rewritten).
-//! * `claim` (a rapid-fire message joining a turn): 1 × UpdateItem.
-//! * `save_progress`: 1 × UpdateItem.
-//! * `finish` / `abandon`: 1 × TransactWriteItems (message items + sender). Only when
-//!   the sender lease was taken over meanwhile does a second transaction write the
-//!   session without touching the other attempt's lease; an abandoned combined turn
-//!   whose reply was under way adds an UpdateItem taking its merged messages off the
-//!   waiting list.
-//!
-//! So an ordinary message costs 3 requests. Every write is conditioned on the
-//! attempt's lease token; a failed condition means [`StateError::LostLease`].
-//!
-//! # Client
-//!
-//! [`dynamo_client`] sets [`timeout_config`] (connect 2 s, per attempt 3 s, whole
-//! operation 8 s) and the SDK's standard retry mode with at most 3 attempts
-//! ([`retry_config`]), so an unreachable DynamoDB fails the request within seconds
-//! instead of holding the webhook until Meta's own timeout.
+//! [`DynamoStore`]: the [`SessionStore`] on one DynamoDB table, every write conditioned
+//! on the attempt's lease token.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::retry::RetryConfig;
-use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus, TransactWriteItem, Update,
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
-use sha2::{Digest, Sha256};
 
+use super::errors::*;
+use super::expressions::*;
+use super::item::*;
 use super::{
-    Attempt, Begin, Claim, DEDUP_RETENTION, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord,
-    SessionStore, StateError, is_live, message_key, place_in_line, waiting_entry,
+    Attempt, Begin, Claim, DEDUP_RETENTION, DEFAULT_ORDER_HOLD, Item, Place, Progress,
+    SessionRecord, SessionStore, StateError, is_live, place_in_line, waiting_entry,
 };
-use crate::domain::Mode;
 
-type Item = HashMap<String, AttributeValue>;
-
-/// A granted sender lease: the session, and the waiting list left behind.
-type Leased = (Option<SessionRecord>, Vec<String>);
-
-/// Attribute names: all go through `#name` placeholders, as several (`ttl`, `mode`,
-/// `session_id`…) are or may become DynamoDB reserved words.
-const PK: &str = "pk";
-const DONE: &str = "done";
-const HOLDER: &str = "holder";
-const LEASE_UNTIL: &str = "lease_until";
-const TTL: &str = "ttl";
-const PARTS: &str = "parts";
-const SENT: &str = "sent";
-const NOTICE_SENT: &str = "notice_sent";
-const SESSION_ID: &str = "session_id";
-const MODE: &str = "mode";
-const CREATED_AT: &str = "created_at";
-const UPDATED_AT: &str = "updated_at";
-const SENDER: &str = "sender";
-const WAITING: &str = "waiting";
-const WAITING_VERSION: &str = "waiting_version";
-
-const THROTTLING_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "RequestLimitExceeded",
-];
-
-/// Connect 2 s, one attempt 3 s, the whole operation (retries included) 8 s.
-pub fn timeout_config() -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .operation_attempt_timeout(Duration::from_secs(3))
-        .operation_timeout(Duration::from_secs(8))
-        .build()
+/// A granted sender lease.
+struct Leased {
+    session: Option<SessionRecord>,
+    /// The waiting list left behind (other messages, all newer).
+    waiting: Vec<String>,
 }
 
-/// The SDK's standard retry (exponential backoff with jitter, throttling-aware), at
-/// most 3 attempts.
-pub fn retry_config() -> RetryConfig {
-    RetryConfig::standard().with_max_attempts(3)
+/// What one conditioned UpdateItem on the sender item did.
+enum SenderUpdate {
+    /// The lease is ours: the item after the update.
+    Taken(Item),
+    /// The lease is held, or the waiting list is not as expected: the item as it was.
+    Refused(Item),
 }
 
-/// The one DynamoDB client of the process: credentials and region from the standard
-/// chain (Lambda environment, `AWS_PROFILE`, SSO…), `endpoint_url` for local
-/// DynamoDB-compatible servers.
-pub async fn dynamo_client(endpoint_url: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(timeout_config())
-        .retry_config(retry_config());
-    if let Some(url) = endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    Client::new(&loader.load().await)
-}
-
-/// Create the table (key `pk` String, on-demand) and enable TTL on `ttl`. Returns
-/// `Ok(false)` when the table already exists; TTL is still switched on if it is off,
-/// so a run interrupted between the two steps is repaired by running it again.
-pub async fn create_table(client: &Client, table: &str) -> Result<bool, StateError> {
-    let created = match describe_status(client, table).await? {
-        Some(_) => false,
-        None => {
-            let result = client
-                .create_table()
-                .table_name(table)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(PK)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .map_err(build_error)?,
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(PK)
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .map_err(build_error)?,
-                )
-                .billing_mode(BillingMode::PayPerRequest)
-                .send()
-                .await;
-            match result {
-                Ok(_) => true,
-                // Created concurrently by someone else: fine.
-                Err(e) if e.code() == Some("ResourceInUseException") => false,
-                Err(e) => return Err(classify("CreateTable", &e)),
-            }
-        }
-    };
-    wait_active(client, table).await?;
-    ensure_ttl(client, table).await?;
-    Ok(created)
-}
-
-/// `None` when the table does not exist. Also checks the key schema, so a table made
-/// for something else fails here rather than on every message.
-async fn describe_status(client: &Client, table: &str) -> Result<Option<TableStatus>, StateError> {
-    match client.describe_table().table_name(table).send().await {
-        Ok(out) => {
-            let Some(desc) = out.table() else {
-                return Err(StateError::Corrupt(
-                    "DescribeTable returned no table".into(),
-                ));
-            };
-            let keys = desc.key_schema();
-            let key_ok = keys.len() == 1
-                && keys[0].attribute_name() == PK
-                && keys[0].key_type() == &KeyType::Hash;
-            if !key_ok {
-                return Err(StateError::Corrupt(format!(
-                    "table {table} exists with another key schema; expected partition key `{PK}` only"
-                )));
-            }
-            Ok(Some(
-                desc.table_status().cloned().unwrap_or(TableStatus::Active),
-            ))
-        }
-        Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
-        Err(e) => Err(classify("DescribeTable", &e)),
-    }
-}
-
-async fn wait_active(client: &Client, table: &str) -> Result<(), StateError> {
-    // On-demand tables usually turn ACTIVE within seconds; give up after ~2 minutes.
-    for _ in 0..120 {
-        match describe_status(client, table).await? {
-            Some(TableStatus::Active) => return Ok(()),
-            Some(_) | None => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    }
-    Err(StateError::Unavailable(format!(
-        "table {table} did not become ACTIVE in time"
-    )))
-}
-
-async fn ensure_ttl(client: &Client, table: &str) -> Result<(), StateError> {
-    let current = client
-        .describe_time_to_live()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| classify("DescribeTimeToLive", &e))?;
-    let status = current
-        .time_to_live_description()
-        .and_then(|d| d.time_to_live_status());
-    if matches!(
-        status,
-        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-    ) {
-        return Ok(());
-    }
-    let result = client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(TTL)
-                .enabled(true)
-                .build()
-                .map_err(build_error)?,
-        )
-        .send()
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        // Enabled concurrently: DynamoDB answers "TimeToLive is already enabled".
-        Err(e)
-            if e.code() == Some("ValidationException")
-                && e.message().is_some_and(|m| m.contains("already enabled")) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(classify("UpdateTimeToLive", &e)),
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
@@ -308,12 +60,9 @@ impl DynamoStore {
         self
     }
 
-    /// Claim the message item. `Err(Ok(begin))` is a final answer (Done / MessageBusy).
-    async fn claim_message(
-        &self,
-        attempt: &Attempt<'_>,
-        now: u64,
-    ) -> Result<Result<Progress, Begin>, StateError> {
+    /// Claim the message item: [`Claim::Claimed`] with what earlier attempts achieved,
+    /// or answered already ([`Claim::Done`]), or held by another attempt ([`Claim::Busy`]).
+    async fn claim_message(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError> {
         let result = self
             .client
             .update_item()
@@ -352,7 +101,7 @@ impl DynamoStore {
         match result {
             Ok(out) => {
                 let item = out.attributes().ok_or_else(|| no_attributes("message"))?;
-                Ok(Ok(read_progress(item)?))
+                Ok(Claim::Claimed(read_progress(item)?))
             }
             Err(SdkError::ServiceError(e)) => match e.err() {
                 UpdateItemError::ConditionalCheckFailedException(failed) => {
@@ -360,11 +109,7 @@ impl DynamoStore {
                         Some(old) => get_bool(old, DONE)?.unwrap_or(false),
                         None => return Err(no_attributes("message (condition failed)")),
                     };
-                    Ok(Err(if done {
-                        Begin::Done
-                    } else {
-                        Begin::MessageBusy
-                    }))
+                    Ok(if done { Claim::Done } else { Claim::Busy })
                 }
                 _ => Err(classify("UpdateItem", &SdkError::ServiceError(e))),
             },
@@ -387,11 +132,14 @@ impl DynamoStore {
         let idle = self.session_idle_ttl.as_secs();
         let mine = waiting_entry(attempt.message_id, attempt.timestamp);
         let mut old = match self.take_sender(attempt, now, None).await? {
-            Ok(item) => {
+            SenderUpdate::Taken(item) => {
                 let session = read_session(&item)?.filter(|s| s.updated_at + idle > now);
-                return Ok(Some((session, Vec::new())));
+                return Ok(Some(Leased {
+                    session,
+                    waiting: Vec::new(),
+                }));
             }
-            Err(old) => old,
+            SenderUpdate::Refused(old) => old,
         };
         // A few rounds against concurrent list writers, then give up as busy.
         for _ in 0..3 {
@@ -405,12 +153,15 @@ impl DynamoStore {
                         .take_sender(attempt, now, Some((version, remaining.clone())))
                         .await?
                     {
-                        Ok(item) => {
+                        SenderUpdate::Taken(item) => {
                             let session =
                                 read_session(&item)?.filter(|s| s.updated_at + idle > now);
-                            return Ok(Some((session, remaining)));
+                            return Ok(Some(Leased {
+                                session,
+                                waiting: remaining,
+                            }));
                         }
-                        Err(newer) => old = newer,
+                        SenderUpdate::Refused(newer) => old = newer,
                     }
                 }
                 Place::Behind { listed: true } => return Ok(None),
@@ -426,15 +177,14 @@ impl DynamoStore {
         Ok(None)
     }
 
-    /// One UpdateItem taking the sender lease: `Ok(item after)`, or `Err(item before)`
-    /// when the lease is held or the waiting list is not as expected. `list` is `None`
-    /// for "the list must be empty", else the version seen and the list to write.
+    /// One UpdateItem taking the sender lease. `list` is `None` for "the list must be
+    /// empty", else the version seen and the list to write.
     async fn take_sender(
         &self,
         attempt: &Attempt<'_>,
         now: u64,
         list: Option<(Option<u64>, Vec<String>)>,
-    ) -> Result<Result<Item, Item>, StateError> {
+    ) -> Result<SenderUpdate, StateError> {
         let lease = self.lease.as_secs();
         let idle = self.session_idle_ttl.as_secs();
         let lease_free =
@@ -486,14 +236,15 @@ impl DynamoStore {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(Ok(out
-                .attributes()
-                .ok_or_else(|| no_attributes("sender"))?
-                .clone())),
+            Ok(out) => Ok(SenderUpdate::Taken(
+                out.attributes()
+                    .ok_or_else(|| no_attributes("sender"))?
+                    .clone(),
+            )),
             Err(SdkError::ServiceError(e)) => match e.err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => {
-                    Ok(Err(failed.item().cloned().unwrap_or_default()))
-                }
+                UpdateItemError::ConditionalCheckFailedException(failed) => Ok(
+                    SenderUpdate::Refused(failed.item().cloned().unwrap_or_default()),
+                ),
                 _ => Err(classify("UpdateItem", &SdkError::ServiceError(e))),
             },
             Err(e) => Err(classify("UpdateItem", &e)),
@@ -802,11 +553,12 @@ enum Settled<'a> {
 impl SessionStore for DynamoStore {
     async fn begin(&self, attempt: &Attempt<'_>, now: u64) -> Result<Begin, StateError> {
         let progress = match self.claim_message(attempt, now).await? {
-            Ok(progress) => progress,
-            Err(answer) => return Ok(answer),
+            Claim::Claimed(progress) => progress,
+            Claim::Done => return Ok(Begin::Done),
+            Claim::Busy => return Ok(Begin::MessageBusy),
         };
         match self.lease_sender(attempt, now).await? {
-            Some((session, waiting)) => Ok(Begin::Ready {
+            Some(Leased { session, waiting }) => Ok(Begin::Ready {
                 session,
                 progress,
                 waiting,
@@ -819,11 +571,7 @@ impl SessionStore for DynamoStore {
     }
 
     async fn claim(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError> {
-        Ok(match self.claim_message(attempt, now).await? {
-            Ok(progress) => Claim::Claimed(progress),
-            Err(Begin::Done) => Claim::Done,
-            Err(_) => Claim::Busy,
-        })
+        self.claim_message(attempt, now).await
     }
 
     async fn save_progress(
@@ -903,276 +651,5 @@ impl SessionStore for DynamoStore {
             .and_then(|item| item.get(SENDER))
             .and_then(|v| v.as_s().ok())
             .cloned())
-    }
-}
-
-// ---------------------------------------------------------------- expressions
-
-/// The progress assignments (after `SET`), with `REMOVE #parts` when there are none.
-fn progress_assignments(progress: &Progress, values: &mut Item) -> &'static str {
-    values.insert(":sent".into(), n(u64::from(progress.sent)));
-    values.insert(
-        ":notice_sent".into(),
-        AttributeValue::Bool(progress.notice_sent),
-    );
-    if progress.parts.is_empty() {
-        "#sent = :sent, #notice_sent = :notice_sent REMOVE #parts"
-    } else {
-        let parts = progress.parts.iter().map(s).collect();
-        values.insert(":parts".into(), AttributeValue::L(parts));
-        "#sent = :sent, #notice_sent = :notice_sent, #parts = :parts"
-    }
-}
-
-fn names(attributes: &[&str]) -> HashMap<String, String> {
-    attributes
-        .iter()
-        .map(|a| (format!("#{a}"), (*a).to_string()))
-        .collect()
-}
-
-fn message_pk(message_id: &str) -> AttributeValue {
-    s(format!("msg#{}", message_key(message_id)))
-}
-
-/// The link from a username user's business-scoped id to their sender key.
-fn user_pk(user_id: &str) -> AttributeValue {
-    s(format!("user#{user_id}"))
-}
-
-fn sender_pk(sender: &str) -> AttributeValue {
-    s(format!("sender#{sender}"))
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: u64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
-/// Makes an SDK retry of a transaction that did commit succeed instead of failing its
-/// own condition (DynamoDB remembers the token for 10 minutes). At most 36 chars.
-fn request_token(op: &str, token: &str, ours: bool) -> String {
-    let digest = Sha256::digest(format!("{op}\0{token}\0{ours}").as_bytes());
-    hex::encode(&digest[..16])
-}
-
-// ---------------------------------------------------------------- reading items
-
-fn read_progress(item: &Item) -> Result<Progress, StateError> {
-    let parts = match item.get(PARTS) {
-        None => Vec::new(),
-        Some(AttributeValue::L(list)) => list
-            .iter()
-            .map(|v| match v {
-                AttributeValue::S(part) => Ok(part.clone()),
-                _ => Err(wrong_type(PARTS, "a list of strings")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(wrong_type(PARTS, "a list of strings")),
-    };
-    let sent = match get_u64(item, SENT)? {
-        None => 0,
-        Some(sent) => u32::try_from(sent).map_err(|_| wrong_type(SENT, "a small count"))?,
-    };
-    Ok(Progress {
-        parts,
-        sent,
-        notice_sent: get_bool(item, NOTICE_SENT)?.unwrap_or(false),
-    })
-}
-
-fn read_session(item: &Item) -> Result<Option<SessionRecord>, StateError> {
-    let Some(id) = get_str(item, SESSION_ID)? else {
-        return Ok(None);
-    };
-    let mode = match get_str(item, MODE)? {
-        Some("normal") => Mode::Normal,
-        Some("otr") => Mode::Otr,
-        _ => return Err(wrong_type(MODE, "\"normal\" or \"otr\"")),
-    };
-    let required = |name| get_u64(item, name)?.ok_or_else(|| missing(name));
-    Ok(Some(SessionRecord {
-        id: id.to_string(),
-        mode,
-        created_at: required(CREATED_AT)?,
-        updated_at: required(UPDATED_AT)?,
-    }))
-}
-
-fn get_str<'a>(item: &'a Item, name: &str) -> Result<Option<&'a str>, StateError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::S(value)) => Ok(Some(value)),
-        Some(_) => Err(wrong_type(name, "a string")),
-    }
-}
-
-fn get_u64(item: &Item, name: &str) -> Result<Option<u64>, StateError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::N(value)) => value
-            .parse()
-            .map(Some)
-            .map_err(|_| wrong_type(name, "a whole number")),
-        Some(_) => Err(wrong_type(name, "a number")),
-    }
-}
-
-fn get_string_set(item: &Item, name: &str) -> Result<Vec<String>, StateError> {
-    match item.get(name) {
-        None => Ok(Vec::new()),
-        Some(AttributeValue::Ss(values)) => Ok(values.clone()),
-        Some(_) => Err(wrong_type(name, "a string set")),
-    }
-}
-
-fn get_bool(item: &Item, name: &str) -> Result<Option<bool>, StateError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::Bool(value)) => Ok(Some(*value)),
-        Some(_) => Err(wrong_type(name, "a boolean")),
-    }
-}
-
-// Corrupt messages name the attribute, never its value (it may be reply text).
-fn wrong_type(name: &str, expected: &str) -> StateError {
-    StateError::Corrupt(format!("attribute `{name}` is not {expected}"))
-}
-
-fn missing(name: &str) -> StateError {
-    StateError::Corrupt(format!("attribute `{name}` is missing"))
-}
-
-fn no_attributes(what: &str) -> StateError {
-    StateError::Corrupt(format!(
-        "DynamoDB returned no attributes for the {what} item"
-    ))
-}
-
-// ---------------------------------------------------------------- errors
-
-fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    matches!(e, SdkError::ServiceError(_)) && e.code() == Some("ConditionalCheckFailedException")
-}
-
-/// Service errors are described by code and HTTP status only: their messages can echo
-/// request values.
-fn classify<E, R>(op: &str, e: &SdkError<E, R>) -> StateError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e {
-        SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("unknown error");
-            if THROTTLING_CODES.contains(&code) {
-                StateError::Throttled(format!("{op}: {code}"))
-            } else {
-                StateError::Unavailable(format!("{op}: {code}"))
-            }
-        }
-        SdkError::TimeoutError(_) => StateError::Unavailable(format!("{op}: timed out")),
-        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StateError::Unavailable(format!("{op}: {}", DisplayErrorContext(e)))
-        }
-        _ => StateError::Unavailable(format!(
-            "{op}: request not sent: {}",
-            DisplayErrorContext(e)
-        )),
-    }
-}
-
-fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StateError {
-    StateError::Unavailable(format!("request not built: {e}"))
-}
-
-/// Reason codes by item, in request order. Some DynamoDB-compatible servers only
-/// report them in the message: "… cancellation reasons [None, ConditionalCheckFailed]".
-fn cancellation_codes(
-    reasons: &[aws_sdk_dynamodb::types::CancellationReason],
-    message: Option<&str>,
-) -> Vec<String> {
-    if !reasons.is_empty() {
-        return reasons
-            .iter()
-            .map(|r| r.code().unwrap_or("None").to_string())
-            .collect();
-    }
-    message
-        .and_then(|m| {
-            let start = m.rfind('[')?;
-            let end = start + m[start..].find(']')?;
-            Some(
-                m[start + 1..end]
-                    .split(',')
-                    .map(|c| c.trim().to_string())
-                    .collect(),
-            )
-        })
-        .unwrap_or_default()
-}
-
-fn cancelled_error(codes: &[String]) -> StateError {
-    let summary = codes.join(", ");
-    let throttled = codes.iter().any(|c| {
-        matches!(
-            c.as_str(),
-            "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
-        )
-    });
-    if throttled {
-        StateError::Throttled(format!("TransactWriteItems cancelled: [{summary}]"))
-    } else {
-        StateError::Unavailable(format!("TransactWriteItems cancelled: [{summary}]"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cancellation_codes_from_message_when_reasons_are_absent() {
-        let codes = cancellation_codes(
-            &[],
-            Some(
-                "Transaction cancelled, please refer cancellation reasons for specific reasons [None, ConditionalCheckFailed]",
-            ),
-        );
-        assert_eq!(codes, vec!["None", "ConditionalCheckFailed"]);
-    }
-
-    #[test]
-    fn session_needs_all_its_attributes() {
-        let mut item = Item::new();
-        assert_eq!(read_session(&item).ok(), Some(None));
-        item.insert(SESSION_ID.into(), s("abc"));
-        item.insert(MODE.into(), s("otr"));
-        item.insert(CREATED_AT.into(), n(1));
-        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
-        item.insert(UPDATED_AT.into(), n(2));
-        let session = read_session(&item).ok().flatten();
-        assert_eq!(
-            session.map(|s| (s.mode, s.updated_at)),
-            Some((Mode::Otr, 2))
-        );
-        item.insert(MODE.into(), s("loud"));
-        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
-    }
-
-    #[test]
-    fn corrupt_progress_names_the_attribute_not_the_value() {
-        let mut item = Item::new();
-        item.insert(PARTS.into(), AttributeValue::L(vec![n(7)]));
-        item.insert(SENT.into(), s("private words"));
-        let err = read_progress(&item)
-            .map(|_| ())
-            .err()
-            .map(|e| e.to_string());
-        let err = err.unwrap_or_default();
-        assert!(err.contains("parts") && !err.contains("private"), "{err}");
     }
 }

@@ -1,0 +1,137 @@
+//! Items as DynamoDB holds them: attribute names, keys, and reading a message's
+//! progress or a sender's session back (corrupt items name the attribute, never its value).
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{Item, Progress, SessionRecord, StateError, message_key};
+use crate::domain::Mode;
+
+/// Attribute names: all go through `#name` placeholders, as several (`ttl`, `mode`,
+/// `session_id`…) are or may become DynamoDB reserved words.
+pub(super) const PK: &str = "pk";
+pub(super) const DONE: &str = "done";
+pub(super) const HOLDER: &str = "holder";
+pub(super) const LEASE_UNTIL: &str = "lease_until";
+pub(super) const TTL: &str = "ttl";
+pub(super) const PARTS: &str = "parts";
+pub(super) const SENT: &str = "sent";
+pub(super) const NOTICE_SENT: &str = "notice_sent";
+pub(super) const SESSION_ID: &str = "session_id";
+pub(super) const MODE: &str = "mode";
+pub(super) const CREATED_AT: &str = "created_at";
+pub(super) const UPDATED_AT: &str = "updated_at";
+pub(super) const SENDER: &str = "sender";
+pub(super) const WAITING: &str = "waiting";
+pub(super) const WAITING_VERSION: &str = "waiting_version";
+
+pub(super) fn message_pk(message_id: &str) -> AttributeValue {
+    s(format!("msg#{}", message_key(message_id)))
+}
+
+/// The link from a username user's business-scoped id to their sender key.
+pub(super) fn user_pk(user_id: &str) -> AttributeValue {
+    s(format!("user#{user_id}"))
+}
+
+pub(super) fn sender_pk(sender: &str) -> AttributeValue {
+    s(format!("sender#{sender}"))
+}
+
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(super) fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(super) fn read_progress(item: &Item) -> Result<Progress, StateError> {
+    let parts = match item.get(PARTS) {
+        None => Vec::new(),
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| match v {
+                AttributeValue::S(part) => Ok(part.clone()),
+                _ => Err(wrong_type(PARTS, "a list of strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(wrong_type(PARTS, "a list of strings")),
+    };
+    let sent = match get_u64(item, SENT)? {
+        None => 0,
+        Some(sent) => u32::try_from(sent).map_err(|_| wrong_type(SENT, "a small count"))?,
+    };
+    Ok(Progress {
+        parts,
+        sent,
+        notice_sent: get_bool(item, NOTICE_SENT)?.unwrap_or(false),
+    })
+}
+
+pub(super) fn read_session(item: &Item) -> Result<Option<SessionRecord>, StateError> {
+    let Some(id) = get_str(item, SESSION_ID)? else {
+        return Ok(None);
+    };
+    let mode = match get_str(item, MODE)? {
+        Some("normal") => Mode::Normal,
+        Some("otr") => Mode::Otr,
+        _ => return Err(wrong_type(MODE, "\"normal\" or \"otr\"")),
+    };
+    let required = |name| get_u64(item, name)?.ok_or_else(|| missing(name));
+    Ok(Some(SessionRecord {
+        id: id.to_string(),
+        mode,
+        created_at: required(CREATED_AT)?,
+        updated_at: required(UPDATED_AT)?,
+    }))
+}
+
+pub(super) fn get_str<'a>(item: &'a Item, name: &str) -> Result<Option<&'a str>, StateError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(value)) => Ok(Some(value)),
+        Some(_) => Err(wrong_type(name, "a string")),
+    }
+}
+
+pub(super) fn get_u64(item: &Item, name: &str) -> Result<Option<u64>, StateError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::N(value)) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| wrong_type(name, "a whole number")),
+        Some(_) => Err(wrong_type(name, "a number")),
+    }
+}
+
+pub(super) fn get_string_set(item: &Item, name: &str) -> Result<Vec<String>, StateError> {
+    match item.get(name) {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::Ss(values)) => Ok(values.clone()),
+        Some(_) => Err(wrong_type(name, "a string set")),
+    }
+}
+
+pub(super) fn get_bool(item: &Item, name: &str) -> Result<Option<bool>, StateError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::Bool(value)) => Ok(Some(*value)),
+        Some(_) => Err(wrong_type(name, "a boolean")),
+    }
+}
+
+// Corrupt messages name the attribute, never its value (it may be reply text).
+pub(super) fn wrong_type(name: &str, expected: &str) -> StateError {
+    StateError::Corrupt(format!("attribute `{name}` is not {expected}"))
+}
+
+pub(super) fn missing(name: &str) -> StateError {
+    StateError::Corrupt(format!("attribute `{name}` is missing"))
+}
+
+pub(super) fn no_attributes(what: &str) -> StateError {
+    StateError::Corrupt(format!(
+        "DynamoDB returned no attributes for the {what} item"
+    ))
+}
