@@ -1,9 +1,11 @@
 //! whatsapp-webhook: the WhatsApp channel of the OpenParallax agent.
 //!
-//! Ports (traits) sit at every I/O boundary: [`state::SessionStore`],
-//! [`engine::Engine`] and [`graph::Messenger`], each with a real and an in-memory
-//! implementation. [`webhook::App`] is the pipeline; [`server`] runs it as a local
-//! HTTP server or as a Lambda function.
+//! [`domain`] holds the small shared types and imports no adapter. Ports (traits) sit at
+//! every I/O boundary: [`state::SessionStore`], [`engine::Engine`] and
+//! [`graph::Messenger`], each with a real and an in-memory implementation.
+//! [`app::App`] is the pipeline: the HTTP edge and payload walk in [`webhook`], the
+//! turn runner in [`turn`]; [`server`] runs it as a local HTTP server or as a Lambda
+//! function, and [`wiring`] builds it from the [`config`].
 
 pub mod app;
 pub mod commands;

@@ -81,9 +81,9 @@
 //!
 //! # Files
 //!
-//! [`store`] the store and its requests; [`admin`] the table and the client;
-//! [`item`] attribute names, keys and decoding; [`expressions`] shared expression
-//! pieces; [`errors`] SDK errors as [`StateError`]s.
+//! `store.rs` the store and its requests; `admin.rs` the table and the client;
+//! `item.rs` attribute names, keys and decoding; `expressions.rs` shared expression
+//! pieces; `errors.rs` SDK errors as [`StateError`]s.
 
 mod admin;
 mod errors;
