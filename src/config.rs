@@ -402,15 +402,14 @@ impl RawConfig {
         if let Some(format) = format {
             app.format = format;
         }
-        let bools = [
-            (w.reply_threading, &mut app.reply_threading),
-            (w.read_receipts, &mut app.read_receipts),
-            (w.unsupported_reply, &mut app.unsupported_reply),
-        ];
-        for (set, slot) in bools {
-            if let Some(value) = set {
-                *slot = value;
-            }
+        if let Some(on) = w.reply_threading {
+            app.reply_threading = on;
+        }
+        if let Some(on) = w.read_receipts {
+            app.read_receipts = on;
+        }
+        if let Some(on) = w.unsupported_reply {
+            app.unsupported_reply = on;
         }
         if let Some(ms) = combine_window_ms {
             app.combine_window = Duration::from_millis(ms);
@@ -871,6 +870,33 @@ engine:
         )
         .unwrap_err();
         assert_eq!(err.field, "engine.url");
+    }
+
+    #[test]
+    fn every_env_override_sets_its_own_field() {
+        for o in ENV_OVERRIDES {
+            let leaf = o.field.rsplit('.').next().unwrap_or(o.field);
+            // A value each parser takes: a boolean, a number or text.
+            let applied = ["true", "7", "x"].iter().find_map(|value| {
+                let mut raw = RawConfig::default();
+                raw.apply_env(&env_of(&[(o.name, value)])).ok()?;
+                Some(format!("{raw:?}"))
+            });
+            let applied = applied.unwrap_or_else(|| panic!("{} takes no value", o.name));
+            assert!(
+                applied.contains(&format!("{leaf}: Some(")),
+                "{} did not set {}: {applied}",
+                o.name,
+                o.field
+            );
+            assert_eq!(
+                applied.matches(": Some(").count(),
+                1,
+                "{} set more than {}",
+                o.name,
+                o.field
+            );
+        }
     }
 
     #[test]
