@@ -97,7 +97,7 @@ invoke: deploy-tools
 # Seconds each fuzz target runs. Run longer with: make fuzz FUZZ_SECONDS=3600
 FUZZ_SECONDS ?= 30
 
-## libFuzzer on fuzz/fuzz_targets (signed_payload, split), FUZZ_SECONDS each; non-zero on a crash.
+## libFuzzer on fuzz/fuzz_targets (signed_payload, split, format), FUZZ_SECONDS each; non-zero on a crash.
 ## cargo-fuzz goes into .tools; the first build (nightly + AddressSanitizer) takes minutes.
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz-smoke.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Short libFuzzer runs of every cargo-fuzz target in fuzz/ (`make fuzz`): signed_payload
-# (arbitrary signed bodies through the real handler) and split (split_reply).
+# (arbitrary signed bodies through the real handler), split (split_reply) and format
+# (Markdown to WhatsApp markup).
 #
 # FUZZ_SECONDS (default 30) bounds each target's run; run longer with
 # `make fuzz FUZZ_SECONDS=3600`. Exits non-zero if any target crashes (a panic, a
@@ -28,7 +29,7 @@ build_flags=(--sanitizer "${FUZZ_SANITIZER:-address}")
 if [ "${FUZZ_DEV:-0}" = 1 ]; then
     build_flags+=(--dev)
 fi
-targets=(signed_payload split)
+targets=(signed_payload split format)
 
 bash "$root/scripts/ensure-cargo-fuzz.sh"
 export PATH="$root/.tools/bin:$PATH"

@@ -248,6 +248,33 @@ pub(super) fn pad(s: &str, width: usize, align: Align) -> String {
 /// Renders one line outside code blocks and tables; the result may hold
 /// several lines (from `<br>`).
 pub(super) fn render_block(line: &str, t: Target) -> String {
+    // Quote levels are peeled in a loop, not by recursion: a reply of 100,000 `>`
+    // must not overflow the stack. Empty lines, rules and headings end the peeling
+    // first, as they did at each level before.
+    let mut inner = line;
+    let mut depth = 0;
+    loop {
+        let body = inner.trim_start();
+        if body.is_empty() || is_hr(body) || atx_heading(body).is_some() {
+            break;
+        }
+        let Some(rest) = body.strip_prefix('>') else {
+            break;
+        };
+        inner = rest.strip_prefix(' ').unwrap_or(rest);
+        depth += 1;
+    }
+    let rendered = render_unquoted(inner, t);
+    if depth == 0 {
+        return rendered;
+    }
+    // One `> ` per level; an empty line keeps the markers without the last space.
+    let quote = "> ".repeat(depth);
+    prefix_lines(&rendered, &quote, &quote)
+}
+
+/// A line without leading `>`: empty, a rule, a heading, a list item or text.
+fn render_unquoted(line: &str, t: Target) -> String {
     let body = line.trim_start();
     if body.is_empty() {
         return String::new();
@@ -258,10 +285,6 @@ pub(super) fn render_block(line: &str, t: Target) -> String {
     }
     if let Some(content) = atx_heading(body) {
         return render_inline(content, t, Ctx::Heading);
-    }
-    if let Some(rest) = body.strip_prefix('>') {
-        let rest = rest.strip_prefix(' ').unwrap_or(rest);
-        return prefix_lines(&render_block(rest, t), "> ", "> ");
     }
     if let Some(content) = bullet(body) {
         let inner = render_inline(content, t, Ctx::Normal);

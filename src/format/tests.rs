@@ -887,3 +887,32 @@ proptest! {
         prop_assert_eq!(joined, text);
     }
 }
+
+/// 100,000 levels of every nesting the syntax has: each converts in bounded stack (a
+/// recursion per level would abort the whole process, as `>` once did).
+#[test]
+fn deep_nesting_of_any_kind_is_converted() {
+    const N: usize = 100_000;
+    let quoted = wa(&format!("{} x", ">".repeat(N)));
+    assert_eq!(quoted.matches('>').count(), N);
+    assert!(quoted.starts_with("> > ") && quoted.ends_with("> x"), "{}", &quoted[..20]);
+    let spaced = wa(&format!("{}x", "> ".repeat(N)));
+    assert_eq!(spaced, format!("{}x", "> ".repeat(N)));
+    assert_eq!(wa(&">".repeat(N)), ">".repeat(N).replace('>', "> ").trim_end());
+    let list: String = (0..2_000).map(|i| format!("{}- x\n", "  ".repeat(i))).collect();
+    assert_eq!(wa(&list).lines().count(), 2_000);
+    for input in [
+        "*".repeat(N),
+        "_".repeat(N),
+        "[".repeat(N),
+        "`".repeat(N),
+        format!("{}x{}", "**a ".repeat(N / 4), " b**".repeat(N / 4)),
+        format!("{}x{}", "[".repeat(N / 2), "](u)".repeat(N / 2)),
+        "- ".repeat(N) + "x",
+        "1. ".repeat(N / 2) + "x",
+    ] {
+        let out = wa(&input);
+        assert!(!out.is_empty() || input.trim().is_empty());
+        let _ = plain(&input);
+    }
+}
