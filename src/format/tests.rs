@@ -895,11 +895,20 @@ fn deep_nesting_of_any_kind_is_converted() {
     const N: usize = 100_000;
     let quoted = wa(&format!("{} x", ">".repeat(N)));
     assert_eq!(quoted.matches('>').count(), N);
-    assert!(quoted.starts_with("> > ") && quoted.ends_with("> x"), "{}", &quoted[..20]);
+    assert!(
+        quoted.starts_with("> > ") && quoted.ends_with("> x"),
+        "{}",
+        &quoted[..20]
+    );
     let spaced = wa(&format!("{}x", "> ".repeat(N)));
     assert_eq!(spaced, format!("{}x", "> ".repeat(N)));
-    assert_eq!(wa(&">".repeat(N)), ">".repeat(N).replace('>', "> ").trim_end());
-    let list: String = (0..2_000).map(|i| format!("{}- x\n", "  ".repeat(i))).collect();
+    assert_eq!(
+        wa(&">".repeat(N)),
+        ">".repeat(N).replace('>', "> ").trim_end()
+    );
+    let list: String = (0..2_000)
+        .map(|i| format!("{}- x\n", "  ".repeat(i)))
+        .collect();
     assert_eq!(wa(&list).lines().count(), 2_000);
     for input in [
         "*".repeat(N),
