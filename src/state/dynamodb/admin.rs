@@ -1,5 +1,5 @@
-//! Table administration (`create-table`) and the one client of the process: timeouts
-//! and retries that fail a request within seconds.
+//! Table administration and the client: [`create_table`] (key schema, on-demand billing,
+//! TTL) and [`dynamo_client`] with its [`timeout_config`] and [`retry_config`].
 
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TimeToLiveStatus,
 };
 
-use super::StateError;
-use super::errors::*;
-use super::item::*;
+use super::errors::{build_error, classify};
+use super::item::{PK, TTL};
+use crate::state::StateError;
 
 /// Connect 2 s, one attempt 3 s, the whole operation (retries included) 8 s.
 pub fn timeout_config() -> TimeoutConfig {
@@ -87,10 +87,7 @@ pub async fn create_table(client: &Client, table: &str) -> Result<bool, StateErr
 
 /// `None` when the table does not exist. Also checks the key schema, so a table made
 /// for something else fails here rather than on every message.
-pub(super) async fn describe_status(
-    client: &Client,
-    table: &str,
-) -> Result<Option<TableStatus>, StateError> {
+async fn describe_status(client: &Client, table: &str) -> Result<Option<TableStatus>, StateError> {
     match client.describe_table().table_name(table).send().await {
         Ok(out) => {
             let Some(desc) = out.table() else {
@@ -116,7 +113,7 @@ pub(super) async fn describe_status(
     }
 }
 
-pub(super) async fn wait_active(client: &Client, table: &str) -> Result<(), StateError> {
+async fn wait_active(client: &Client, table: &str) -> Result<(), StateError> {
     // On-demand tables usually turn ACTIVE within seconds; give up after ~2 minutes.
     for _ in 0..120 {
         match describe_status(client, table).await? {
@@ -129,7 +126,7 @@ pub(super) async fn wait_active(client: &Client, table: &str) -> Result<(), Stat
     )))
 }
 
-pub(super) async fn ensure_ttl(client: &Client, table: &str) -> Result<(), StateError> {
+async fn ensure_ttl(client: &Client, table: &str) -> Result<(), StateError> {
     let current = client
         .describe_time_to_live()
         .table_name(table)

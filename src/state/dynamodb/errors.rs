@@ -1,17 +1,20 @@
-//! SDK errors as [`StateError`]s: throttling, unavailability and failed conditions,
-//! described by code and status only (messages can echo request values).
+//! SDK errors as [`StateError`]s: failed conditions, throttling, cancelled transactions
+//! and their reason codes. Descriptions carry codes and statuses, never request values.
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::CancellationReason;
 
-use super::StateError;
+use crate::state::StateError;
 
-pub(super) const THROTTLING_CODES: &[&str] = &[
+/// Service error codes that mean "slow down" rather than "unavailable".
+const THROTTLING_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "Throttling",
     "RequestLimitExceeded",
 ];
 
+/// The request was refused because its condition expression did not hold.
 pub(super) fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     matches!(e, SdkError::ServiceError(_)) && e.code() == Some("ConditionalCheckFailedException")
 }
@@ -43,6 +46,7 @@ where
     }
 }
 
+/// A request the SDK refused to build (a required field missing).
 pub(super) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StateError {
     StateError::Unavailable(format!("request not built: {e}"))
 }
@@ -50,7 +54,7 @@ pub(super) fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StateError 
 /// Reason codes by item, in request order. Some DynamoDB-compatible servers only
 /// report them in the message: "… cancellation reasons [None, ConditionalCheckFailed]".
 pub(super) fn cancellation_codes(
-    reasons: &[aws_sdk_dynamodb::types::CancellationReason],
+    reasons: &[CancellationReason],
     message: Option<&str>,
 ) -> Vec<String> {
     if !reasons.is_empty() {
@@ -73,6 +77,7 @@ pub(super) fn cancellation_codes(
         .unwrap_or_default()
 }
 
+/// A transaction cancelled for reasons other than our lost lease.
 pub(super) fn cancelled_error(codes: &[String]) -> StateError {
     let summary = codes.join(", ");
     let throttled = codes.iter().any(|c| {
@@ -85,5 +90,21 @@ pub(super) fn cancelled_error(codes: &[String]) -> StateError {
         StateError::Throttled(format!("TransactWriteItems cancelled: [{summary}]"))
     } else {
         StateError::Unavailable(format!("TransactWriteItems cancelled: [{summary}]"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellation_codes_from_message_when_reasons_are_absent() {
+        let codes = cancellation_codes(
+            &[],
+            Some(
+                "Transaction cancelled, please refer cancellation reasons for specific reasons [None, ConditionalCheckFailed]",
+            ),
+        );
+        assert_eq!(codes, vec!["None", "ConditionalCheckFailed"]);
     }
 }

@@ -1,10 +1,15 @@
-//! Items as DynamoDB holds them: attribute names, keys, and reading a message's
-//! progress or a sender's session back (corrupt items name the attribute, never its value).
+//! The table's items as data: attribute names, the keys of the three item kinds, value
+//! helpers, and reading attributes back (a wrong or missing one is [`StateError::Corrupt`]).
+
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{Item, Progress, SessionRecord, StateError, message_key};
 use crate::domain::Mode;
+use crate::state::{Progress, SessionRecord, StateError, message_key};
+
+/// One item's attributes, as the SDK sends and returns them.
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// Attribute names: all go through `#name` placeholders, as several (`ttl`, `mode`,
 /// `session_id`…) are or may become DynamoDB reserved words.
@@ -24,6 +29,9 @@ pub(super) const SENDER: &str = "sender";
 pub(super) const WAITING: &str = "waiting";
 pub(super) const WAITING_VERSION: &str = "waiting_version";
 
+// ---------------------------------------------------------------- keys and values
+
+/// The message item's key: a hash of the message id, never the id itself.
 pub(super) fn message_pk(message_id: &str) -> AttributeValue {
     s(format!("msg#{}", message_key(message_id)))
 }
@@ -33,18 +41,24 @@ pub(super) fn user_pk(user_id: &str) -> AttributeValue {
     s(format!("user#{user_id}"))
 }
 
+/// The sender item's key (phone digits or user id).
 pub(super) fn sender_pk(sender: &str) -> AttributeValue {
     s(format!("sender#{sender}"))
 }
 
+/// A string value.
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
+/// A number value.
 pub(super) fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+// ---------------------------------------------------------------- reading items
+
+/// What earlier attempts achieved, from a message item.
 pub(super) fn read_progress(item: &Item) -> Result<Progress, StateError> {
     let parts = match item.get(PARTS) {
         None => Vec::new(),
@@ -68,6 +82,8 @@ pub(super) fn read_progress(item: &Item) -> Result<Progress, StateError> {
     })
 }
 
+/// The session of a sender item; `None` before its first answer. The caller filters
+/// out an expired one.
 pub(super) fn read_session(item: &Item) -> Result<Option<SessionRecord>, StateError> {
     let Some(id) = get_str(item, SESSION_ID)? else {
         return Ok(None);
@@ -121,12 +137,14 @@ pub(super) fn get_bool(item: &Item, name: &str) -> Result<Option<bool>, StateErr
     }
 }
 
+// ---------------------------------------------------------------- corrupt items
+
 // Corrupt messages name the attribute, never its value (it may be reply text).
-pub(super) fn wrong_type(name: &str, expected: &str) -> StateError {
+fn wrong_type(name: &str, expected: &str) -> StateError {
     StateError::Corrupt(format!("attribute `{name}` is not {expected}"))
 }
 
-pub(super) fn missing(name: &str) -> StateError {
+fn missing(name: &str) -> StateError {
     StateError::Corrupt(format!("attribute `{name}` is missing"))
 }
 
@@ -134,4 +152,40 @@ pub(super) fn no_attributes(what: &str) -> StateError {
     StateError::Corrupt(format!(
         "DynamoDB returned no attributes for the {what} item"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_needs_all_its_attributes() {
+        let mut item = Item::new();
+        assert_eq!(read_session(&item).ok(), Some(None));
+        item.insert(SESSION_ID.into(), s("abc"));
+        item.insert(MODE.into(), s("otr"));
+        item.insert(CREATED_AT.into(), n(1));
+        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
+        item.insert(UPDATED_AT.into(), n(2));
+        let session = read_session(&item).ok().flatten();
+        assert_eq!(
+            session.map(|s| (s.mode, s.updated_at)),
+            Some((Mode::Otr, 2))
+        );
+        item.insert(MODE.into(), s("loud"));
+        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
+    }
+
+    #[test]
+    fn corrupt_progress_names_the_attribute_not_the_value() {
+        let mut item = Item::new();
+        item.insert(PARTS.into(), AttributeValue::L(vec![n(7)]));
+        item.insert(SENT.into(), s("private words"));
+        let err = read_progress(&item)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("parts") && !err.contains("private"), "{err}");
+    }
 }

@@ -77,81 +77,169 @@
 //! operation 8 s) and the SDK's standard retry mode with at most 3 attempts
 //! ([`retry_config`]), so an unreachable DynamoDB fails the request within seconds
 //! instead of holding the webhook until Meta's own timeout.
-
 //!
 //! # Files
 //!
-//! `store.rs` the store and its requests; `admin.rs` the table and the client;
-//! `item.rs` attribute names, keys and decoding; `expressions.rs` shared expression
-//! pieces; `errors.rs` SDK errors as [`StateError`]s.
+//! This file holds [`DynamoStore`] and its [`SessionStore`] implementation. `begin.rs`
+//! claims messages and leases senders, `settle.rs` writes `finish` / `abandon`,
+//! `item.rs` names and reads item attributes, `expressions.rs` holds the condition and
+//! update expressions, `errors.rs` turns SDK errors into [`StateError`]s and `admin.rs`
+//! creates the table and the client.
 
 mod admin;
+mod begin;
 mod errors;
 mod expressions;
 mod item;
-mod store;
+mod settle;
 
-pub use admin::{create_table, dynamo_client, retry_config, timeout_config};
-pub use store::DynamoStore;
+use std::time::Duration;
 
-use std::collections::HashMap;
-
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{
-    Attempt, Begin, Claim, DEDUP_RETENTION, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord,
-    SessionStore, StateError, is_live, message_key, place_in_line, waiting_entry,
+pub use admin::{create_table, dynamo_client, retry_config, timeout_config};
+use begin::SenderLease;
+use errors::{classify, is_condition_failed};
+use expressions::{MESSAGE_HELD, names, progress_assignments};
+use item::{
+    DONE, HOLDER, Item, NOTICE_SENT, PARTS, PK, SENDER, SENT, TTL, message_pk, n, s, user_pk,
 };
 
-/// An item as the SDK returns it.
-type Item = HashMap<String, AttributeValue>;
+use super::{
+    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Progress, SessionRecord, SessionStore, StateError,
+};
 
-#[cfg(test)]
-mod tests {
-    use super::errors::*;
-    use super::item::*;
-    use super::*;
-    use crate::domain::Mode;
+/// The DynamoDB [`SessionStore`]: one table, laid out as the module doc describes.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    lease: Duration,
+    session_idle_ttl: Duration,
+    order_hold: Duration,
+}
 
-    #[test]
-    fn cancellation_codes_from_message_when_reasons_are_absent() {
-        let codes = cancellation_codes(
-            &[],
-            Some(
-                "Transaction cancelled, please refer cancellation reasons for specific reasons [None, ConditionalCheckFailed]",
-            ),
-        );
-        assert_eq!(codes, vec!["None", "ConditionalCheckFailed"]);
+impl DynamoStore {
+    pub fn new(client: Client, table: String, lease: Duration, session_idle_ttl: Duration) -> Self {
+        DynamoStore {
+            client,
+            table,
+            lease,
+            session_idle_ttl,
+            order_hold: DEFAULT_ORDER_HOLD,
+        }
     }
 
-    #[test]
-    fn session_needs_all_its_attributes() {
-        let mut item = Item::new();
-        assert_eq!(read_session(&item).ok(), Some(None));
-        item.insert(SESSION_ID.into(), s("abc"));
-        item.insert(MODE.into(), s("otr"));
-        item.insert(CREATED_AT.into(), n(1));
-        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
-        item.insert(UPDATED_AT.into(), n(2));
-        let session = read_session(&item).ok().flatten();
-        assert_eq!(
-            session.map(|s| (s.mode, s.updated_at)),
-            Some((Mode::Otr, 2))
-        );
-        item.insert(MODE.into(), s("loud"));
-        assert!(matches!(read_session(&item), Err(StateError::Corrupt(_))));
+    /// How long an unanswered message holds back newer ones (see [`super`], "Order").
+    pub fn with_order_hold(mut self, order_hold: Duration) -> Self {
+        self.order_hold = order_hold;
+        self
+    }
+}
+
+#[async_trait]
+impl SessionStore for DynamoStore {
+    async fn begin(&self, attempt: &Attempt<'_>, now: u64) -> Result<Begin, StateError> {
+        let progress = match self.claim_message(attempt, now).await? {
+            Claim::Claimed(progress) => progress,
+            Claim::Done => return Ok(Begin::Done),
+            Claim::Busy => return Ok(Begin::MessageBusy),
+        };
+        match self.lease_sender(attempt, now).await? {
+            Some(SenderLease { session, waiting }) => Ok(Begin::Ready {
+                session,
+                progress,
+                waiting,
+            }),
+            None => {
+                self.release_message(attempt).await?;
+                Ok(Begin::SenderBusy)
+            }
+        }
     }
 
-    #[test]
-    fn corrupt_progress_names_the_attribute_not_the_value() {
-        let mut item = Item::new();
-        item.insert(PARTS.into(), AttributeValue::L(vec![n(7)]));
-        item.insert(SENT.into(), s("private words"));
-        let err = read_progress(&item)
+    async fn claim(&self, attempt: &Attempt<'_>, now: u64) -> Result<Claim, StateError> {
+        self.claim_message(attempt, now).await
+    }
+
+    async fn save_progress(
+        &self,
+        attempt: &Attempt<'_>,
+        progress: &Progress,
+    ) -> Result<(), StateError> {
+        let mut values = Item::from([
+            (":token".to_string(), s(attempt.token)),
+            (":false".to_string(), AttributeValue::Bool(false)),
+        ]);
+        let expression = format!("SET {}", progress_assignments(progress, &mut values));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, message_pk(attempt.message_id))
+            .update_expression(expression)
+            .condition_expression(MESSAGE_HELD)
+            .set_expression_attribute_names(Some(names(&[HOLDER, DONE, SENT, NOTICE_SENT, PARTS])))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Err(StateError::LostLease),
+            Err(e) => Err(classify("UpdateItem", &e)),
+        }
+    }
+
+    async fn finish(
+        &self,
+        attempt: &Attempt<'_>,
+        session: &SessionRecord,
+        now: u64,
+    ) -> Result<(), StateError> {
+        self.settle("finish", attempt, None, session, now).await
+    }
+
+    async fn abandon(
+        &self,
+        attempt: &Attempt<'_>,
+        progress: &Progress,
+        session: &SessionRecord,
+        now: u64,
+    ) -> Result<(), StateError> {
+        self.settle("abandon", attempt, Some(progress), session, now)
+            .await
+    }
+
+    async fn link_user(&self, user_id: &str, sender: &str, now: u64) -> Result<(), StateError> {
+        let ttl = now + self.session_idle_ttl.as_secs() + self.lease.as_secs();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, user_pk(user_id))
+            .item(SENDER, s(sender))
+            .item(TTL, n(ttl))
+            .send()
+            .await
             .map(|_| ())
-            .err()
-            .map(|e| e.to_string());
-        let err = err.unwrap_or_default();
-        assert!(err.contains("parts") && !err.contains("private"), "{err}");
+            .map_err(|e| classify("PutItem", &e))
+    }
+
+    async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem", &e))?;
+        Ok(out
+            .item()
+            .and_then(|item| item.get(SENDER))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
     }
 }
