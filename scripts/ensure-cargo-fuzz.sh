@@ -12,7 +12,8 @@ if [ -x "$tools/bin/cargo-fuzz" ]; then
 fi
 
 echo "ensure-cargo-fuzz: installing cargo-fuzz into $tools" >&2
-cargo install cargo-fuzz --locked --root "$tools"
+# Pinned: upgrade on purpose, with a run of `make fuzz`.
+cargo install cargo-fuzz --version 0.13.2 --locked --root "$tools"
 
 if [ ! -x "$tools/bin/cargo-fuzz" ]; then
     echo "ensure-cargo-fuzz: cargo-fuzz missing from $tools/bin after install" >&2

@@ -24,8 +24,9 @@ if ! have_tools; then
         "$python" -m venv "$venv"
     fi
     echo "ensure-deploy-tools: installing cargo-lambda, aws-sam-cli and cfn-lint into $venv" >&2
+    # Pinned: upgrade on purpose, with a run of `make validate build`.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        cargo-lambda aws-sam-cli cfn-lint
+        cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0
     for tool in cargo-lambda sam cfn-lint; do
         if [ ! -x "$venv/bin/$tool" ]; then
             echo "ensure-deploy-tools: $tool missing from $venv/bin after install" >&2
