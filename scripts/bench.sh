@@ -362,7 +362,7 @@ load("status", "Local server: signed status POSTs (status-delivered.json, test s
 load("text", "Local server: text POSTs, echo engine, Graph stub — **signature check off** (allow_unsigned, no app secret), unique id + sender per request")
 
 row("DynamoDB requests per ordinary text message",
-    "3 (counted by tests/dynamodb_webhook.rs::an_ordinary_text_message_costs_three_dynamodb_requests)")
+    "3 (counted by tests/it/dynamodb_webhook.rs::an_ordinary_text_message_costs_three_dynamodb_requests)")
 graph_rss = num("rss_graph_requests")
 row("Graph API requests per ordinary text message",
     f"2: read receipt/typing + 1 reply part (measured here: {graph_rss / rss_requests:.2f} per message over the RSS run)")
