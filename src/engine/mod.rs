@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::domain::Mode;
 use async_trait::async_trait;
+
+use crate::domain::Mode;
 
 pub mod echo;
 pub mod http;

@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Place, Progress, SessionRecord, SessionStore,
-    StateError, is_live, message_key, place_in_line, waiting_entry,
+    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Place, Progress, SessionStore, StateError, is_live,
+    message_key, place_in_line, waiting_entry,
 };
+use crate::domain::SessionRecord;
 
 #[derive(Debug, Clone)]
 struct MessageItem {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-pub use crate::domain::SessionRecord;
+use crate::domain::SessionRecord;
 
 pub mod dynamodb;
 pub mod memory;

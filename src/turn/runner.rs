@@ -11,7 +11,7 @@ use crate::domain::{Clock, Mode, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
-use crate::state::{Attempt, Begin, Claim, Merged, SessionStore, waiting_entry};
+use crate::state::{Attempt, Begin, Claim, Merged, SessionStore, StateError, waiting_entry};
 
 /// Most messages answered by one combined turn; more wait for the next turn.
 pub const MAX_COMBINED: usize = 10;
@@ -175,7 +175,7 @@ impl TurnRunner {
 
     /// Take the message and its sender, waiting a little while another message of
     /// the same sender is answered, so quick successive messages keep their order.
-    async fn begin(&self, attempt: &Attempt<'_>) -> Result<Begin, crate::state::StateError> {
+    async fn begin(&self, attempt: &Attempt<'_>) -> Result<Begin, StateError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {

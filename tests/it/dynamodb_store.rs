@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, TimeToLiveStatus};
-use whatsapp_webhook::domain::Mode;
+use whatsapp_webhook::domain::{Mode, SessionRecord};
 use whatsapp_webhook::state::dynamodb::create_table;
 use whatsapp_webhook::state::{
-    Attempt, Begin, Claim, DynamoStore, MemoryStore, Merged, Progress, SessionRecord, SessionStore,
-    StateError, waiting_entry,
+    Attempt, Begin, Claim, DynamoStore, MemoryStore, Merged, Progress, SessionStore, StateError,
+    waiting_entry,
 };
 
 const T0: u64 = 1_700_000_000;

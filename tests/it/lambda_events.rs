@@ -11,7 +11,7 @@ use whatsapp_webhook::graph::DryRunMessenger;
 use whatsapp_webhook::server::lambda_handler;
 use whatsapp_webhook::wiring::in_memory_app;
 
-fn events_dir() -> PathBuf {
+pub(crate) fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("events")
 }
 
@@ -30,7 +30,8 @@ fn local_app() -> App {
     )
 }
 
-fn expected() -> Vec<(String, u16)> {
+/// `(event name, HTTP status)` of every line of `events/expected-status.txt`.
+pub(crate) fn expected() -> Vec<(String, u16)> {
     let text = std::fs::read_to_string(events_dir().join("expected-status.txt"))
         .expect("expected-status.txt");
     text.lines()

@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::lambda_events::events_dir;
+
 const PREFIX: &str = "/2018-06-01/runtime";
 
 /// What the function posted back: `(kind, request id, body)`, kind `response`,
@@ -142,20 +144,11 @@ fn env_file(path: &Path) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn the_binary_answers_every_sample_event_under_a_lambda_runtime() {
-    let expected: Vec<(String, u16)> =
-        std::fs::read_to_string(root().join("events/expected-status.txt"))
-            .expect("expected-status.txt")
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let (name, status) = l.split_once(' ').expect("name status");
-                (name.to_string(), status.trim().parse().expect("status"))
-            })
-            .collect();
+    let expected = crate::lambda_events::expected();
     let events = expected
         .iter()
         .map(|(name, _)| {
-            let event = std::fs::read_to_string(root().join(format!("events/{name}.json")))
+            let event = std::fs::read_to_string(events_dir().join(format!("{name}.json")))
                 .expect("event file");
             (name.clone(), event)
         })

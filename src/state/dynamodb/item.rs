@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::domain::Mode;
-use crate::state::{Progress, SessionRecord, StateError, message_key};
+use crate::domain::SessionRecord;
+use crate::state::{Progress, StateError, message_key};
 
 /// One item's attributes, as the SDK sends and returns them.
 pub(super) type Item = HashMap<String, AttributeValue>;

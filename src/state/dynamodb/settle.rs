@@ -15,7 +15,8 @@ use super::item::{
     CREATED_AT, DONE, HOLDER, Item, LEASE_UNTIL, MODE, NOTICE_SENT, PARTS, PK, SENT, SESSION_ID,
     TTL, UPDATED_AT, WAITING, WAITING_VERSION, message_pk, n, s, sender_pk,
 };
-use crate::state::{Attempt, Progress, SessionRecord, StateError, is_live, waiting_entry};
+use crate::domain::SessionRecord;
+use crate::state::{Attempt, Progress, StateError, is_live, waiting_entry};
 
 /// What `finish` / `abandon` does to the sender's waiting list.
 enum LineChange {
