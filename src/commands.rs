@@ -44,6 +44,10 @@ pub const HELP_TEXT: &str = "Commands:\n/new - start a new conversation\n/otr - 
 pub const UNSUPPORTED_TEXT: &str = "Sorry, I can only read text messages for now.";
 pub const UNAVAILABLE_TEXT: &str =
     "The assistant is unavailable right now, please try again in a moment.";
+/// The engine took the turn but did not answer in time; it is never asked again.
+pub const SLOW_TEXT: &str = "This is taking longer than expected, so I stopped waiting for the answer. Please ask again in a little while.";
+/// A turn began, but its answer was lost (the worker running it died).
+pub const LOST_TEXT: &str = "Sorry, the answer to your last message was lost. Please ask again.";
 
 #[cfg(test)]
 mod tests {

@@ -90,6 +90,9 @@ impl HttpEngine {
     fn classify(&self, error: reqwest::Error) -> EngineError {
         if error.is_timeout() {
             EngineError::Timeout(self.timeout)
+        } else if !error.is_connect() {
+            // The request may have reached the engine: treat it as a turn begun.
+            EngineError::BadReply(format!("connection failed: {}", error.without_url()))
         } else {
             // Without the URL: it may carry credentials in its query.
             EngineError::Unreachable(error.without_url().to_string())

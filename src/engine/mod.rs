@@ -57,6 +57,20 @@ pub fn json_problem(error: &serde_json::Error) -> String {
 }
 
 impl EngineError {
+    /// Whether the engine may have begun the turn. Only a turn that surely did not
+    /// begin may be asked again: an agent run does not stop when we stop waiting, so a
+    /// second ask would run its actions twice. Not begun: the engine could not be
+    /// reached or logged in to ([`EngineError::Unreachable`]), or it answered that it
+    /// is overloaded or down before taking the turn (429, 502, 503, 504), or
+    /// OpenParallax reported `AGENT_UNAVAILABLE` (forwarding to its agent failed).
+    pub fn may_have_started(&self) -> bool {
+        match self {
+            EngineError::Unreachable(_) | EngineError::Status(429 | 502 | 503 | 504) => false,
+            EngineError::Reported { code, .. } => code != "AGENT_UNAVAILABLE",
+            _ => true,
+        }
+    }
+
     /// Whether asking again later may succeed. Only a 4xx other than 408/429
     /// means the request itself is wrong, so retrying cannot help.
     pub fn is_transient(&self) -> bool {

@@ -251,7 +251,11 @@ impl OpenParallaxEngine {
             )));
         }
         if !status.is_success() {
-            return Err(EngineError::Status(status.as_u16()));
+            // Before any turn: a failed login never started one.
+            return Err(EngineError::Unreachable(format!(
+                "the engine login answered HTTP {}",
+                status.as_u16()
+            )));
         }
         response
             .headers()

@@ -18,7 +18,33 @@ struct MessageItem {
     done: bool,
     holder: String,
     lease_until: u64,
+    /// `progress.started` is derived from this: the token of the attempt that began
+    /// the turn (as the DynamoDB item's `started`).
     progress: Progress,
+    started_by: Option<String>,
+}
+
+impl MessageItem {
+    /// The progress as the attempt `token` sees it.
+    fn progress_for(&self, token: &str) -> Progress {
+        Progress {
+            started: self.started_by.as_deref().is_some_and(|by| by != token),
+            ..self.progress.clone()
+        }
+    }
+
+    /// Store `progress` written by the attempt `token`.
+    fn record(&mut self, progress: &Progress, token: &str) {
+        self.progress = Progress {
+            started: false,
+            ..progress.clone()
+        };
+        if !progress.started {
+            self.started_by = None;
+        } else if self.started_by.is_none() {
+            self.started_by = Some(token.to_string());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -102,15 +128,27 @@ fn held_keys(tables: &Tables, attempt: &Attempt<'_>) -> Result<Vec<String>, Stat
     }
 }
 
-/// Claim the message item `key` for `token` (new, or its lease expired, or ours already).
-fn claim_message(tables: &mut Tables, key: &str, token: &str, now: u64, lease_until: u64) -> Claim {
+/// Claim the message item `key` for `attempt` (new, or its lease expired, or ours
+/// already); the progress before the claim.
+fn claim_message(
+    tables: &mut Tables,
+    key: &str,
+    attempt: &Attempt<'_>,
+    now: u64,
+    lease_until: u64,
+) -> Claim {
+    let token = attempt.token;
     match tables.messages.get_mut(key) {
         Some(item) if item.done => Claim::Done,
         Some(item) if item.lease_until > now && item.holder != token => Claim::Busy,
         Some(item) => {
             item.holder = token.to_string();
             item.lease_until = lease_until;
-            Claim::Claimed(item.progress.clone())
+            let before = item.progress_for(token);
+            if attempt.starts_turn && item.started_by.is_none() {
+                item.started_by = Some(token.to_string());
+            }
+            Claim::Claimed(before)
         }
         None => {
             tables.messages.insert(
@@ -120,6 +158,7 @@ fn claim_message(tables: &mut Tables, key: &str, token: &str, now: u64, lease_un
                     holder: token.to_string(),
                     lease_until,
                     progress: Progress::default(),
+                    started_by: attempt.starts_turn.then(|| token.to_string()),
                 },
             );
             Claim::Claimed(Progress::default())
@@ -133,7 +172,7 @@ impl SessionStore for MemoryStore {
         let lease_until = now + self.lease.as_secs();
         let mut tables = self.tables()?;
         let key = message_key(attempt.message_id);
-        let progress = match claim_message(&mut tables, &key, attempt.token, now, lease_until) {
+        let progress = match claim_message(&mut tables, &key, attempt, now, lease_until) {
             Claim::Done => return Ok(Begin::Done),
             Claim::Busy => return Ok(Begin::MessageBusy),
             Claim::Claimed(progress) => progress,
@@ -158,9 +197,13 @@ impl SessionStore for MemoryStore {
             }
         }
         if leased_to_other || behind {
-            // Let the message go at once, so its redelivery need not wait out our lease.
+            // Let the message go at once, so its redelivery need not wait out our lease;
+            // its turn did not begin.
             if let Some(item) = tables.messages.get_mut(&key) {
                 item.lease_until = 0;
+                if attempt.starts_turn && !progress.started {
+                    item.started_by = None;
+                }
             }
             return Ok(Begin::SenderBusy);
         }
@@ -185,7 +228,7 @@ impl SessionStore for MemoryStore {
         Ok(claim_message(
             &mut tables,
             &key,
-            attempt.token,
+            attempt,
             now,
             now + self.lease.as_secs(),
         ))
@@ -200,7 +243,7 @@ impl SessionStore for MemoryStore {
         let key = message_key(attempt.message_id);
         match tables.messages.get_mut(&key) {
             Some(item) if !item.done && item.holder == attempt.token => {
-                item.progress = progress.clone();
+                item.record(progress, attempt.token);
                 Ok(())
             }
             _ => Err(StateError::LostLease),
@@ -237,8 +280,11 @@ impl SessionStore for MemoryStore {
     ) -> Result<(), StateError> {
         let mut tables = self.tables()?;
         let keys = held_keys(&tables, attempt)?;
-        let mut waiting = vec![waiting_entry(attempt.message_id, attempt.timestamp)];
-        if progress.sent > 0 {
+        let mut waiting = Vec::new();
+        if !progress.notice_sent {
+            waiting.push(waiting_entry(attempt.message_id, attempt.timestamp));
+        }
+        if progress.started {
             leave_line(&mut tables, attempt);
         }
         for (index, key) in keys.iter().enumerate() {
@@ -247,17 +293,20 @@ impl SessionStore for MemoryStore {
             };
             item.lease_until = 0;
             if index == 0 {
-                item.progress = progress.clone();
-            } else if progress.sent > 0 {
+                item.record(progress, attempt.token);
+            } else if progress.started {
                 item.done = true;
                 item.progress = Progress::default();
             } else {
-                item.progress = Progress {
+                let released = Progress {
                     notice_sent: progress.notice_sent,
                     ..Progress::default()
                 };
-                let merged = attempt.merged[index - 1];
-                waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+                item.record(&released, attempt.token);
+                if !progress.notice_sent {
+                    let merged = attempt.merged[index - 1];
+                    waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+                }
             }
         }
         release_sender(&mut tables, attempt, session);

@@ -44,14 +44,25 @@ pub struct Progress {
     pub parts: Vec<String>,
     /// How many reply parts the Graph API accepted.
     pub sent: u32,
-    /// The "assistant unavailable" notice already went out for this message.
+    /// The user was told this message failed (unavailable, lost or too slow): it no
+    /// longer holds back its sender's newer messages.
     pub notice_sent: bool,
+    /// The engine was (or may have been) asked for this message's turn. A later
+    /// attempt that finds no stored reply must not ask again: the agent's run goes on
+    /// without us, and a second ask would run its actions twice.
+    pub started: bool,
 }
 
 impl Progress {
-    /// Nothing of a reply went out or was stored yet.
+    /// Nothing of a reply went out or was stored yet, and no turn began.
     pub fn is_fresh(&self) -> bool {
-        self.parts.is_empty() && self.sent == 0
+        self.parts.is_empty() && self.sent == 0 && !self.started
+    }
+
+    /// A turn began but its reply is gone (the attempt died, or an OTR reply that is
+    /// never stored was cut short): it cannot be resumed, and must not be asked again.
+    pub fn is_lost(&self) -> bool {
+        self.started && self.parts.is_empty()
     }
 }
 
@@ -65,6 +76,9 @@ pub struct Attempt<'a> {
     pub token: &'a str,
     /// Meta's timestamp of the message (unix seconds): its place in the sender's order.
     pub timestamp: u64,
+    /// The message is text for the engine: claiming it records [`Progress::started`]
+    /// in the same write (handed back if the sender turns out busy).
+    pub starts_turn: bool,
     /// Later messages of the same sender answered by the same reply (a rapid-fire
     /// turn), each already claimed with [`SessionStore::claim`] under this token.
     pub merged: &'a [Merged<'a>],
@@ -122,7 +136,8 @@ pub enum StateError {
 pub trait SessionStore: Send + Sync {
     /// Claim the message and lease its sender; see [`Begin`]. Refused (SenderBusy)
     /// while the sender is leased to another attempt or an older message is waiting;
-    /// a refused message is added to the sender's waiting list.
+    /// a refused message is added to the sender's waiting list. The progress returned
+    /// is what the message had *before* this claim (`started` included).
     async fn begin(&self, attempt: &Attempt<'_>, now: u64) -> Result<Begin, StateError>;
     /// Claim one more message under `attempt.token`, whose `begin` already holds the
     /// sender: a rapid-fire message to be answered in the same turn.
@@ -142,10 +157,12 @@ pub trait SessionStore: Send + Sync {
         now: u64,
     ) -> Result<(), StateError>;
     /// The message failed for now: keep `progress`, persist the session, release both
-    /// leases at once so Meta's redelivery can resume, and put the message on the
-    /// sender's waiting list so newer messages wait for it. Merged messages are done
-    /// once part of the reply went out (`progress.sent > 0`: the reply that answers them
-    /// is under way), else released and put on the waiting list as well.
+    /// leases at once so a redelivery can resume, and put the message on the sender's
+    /// waiting list so newer messages wait for it, unless the user was told it failed
+    /// (`progress.notice_sent`: nobody is held back by a failure they were told of).
+    /// Merged messages are done once their turn began (`progress.started`: the engine
+    /// had their text, and is never asked for it again), else released and put on
+    /// the waiting list as well.
     async fn abandon(
         &self,
         attempt: &Attempt<'_>,

@@ -1,4 +1,5 @@
-//! Answering turns, whoever asks: the HTTP request today, a queue worker tomorrow.
+//! Answering turns, whoever asks: the HTTP request (sync mode) or a queue worker
+//! (queued mode, [`crate::queue`]).
 //!
 //! [`TurnRunner::answer_in_order`] takes one sender's accepted messages and answers
 //! them in order, each exactly once: claim the message and its sender in the state
@@ -44,6 +45,20 @@ impl Accepted {
     pub fn is_turn(&self) -> bool {
         matches!(self.action, Action::Turn(_))
     }
+}
+
+/// Who hands the runner its messages; decides what a failure before the engine took
+/// the turn does (a turn the engine may have begun is never asked again, whoever asks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Meta's webhook, answered after the reply (sync mode): the user is told at
+    /// once, and Meta's redelivery may ask the engine again.
+    Webhook,
+    /// A queue worker (queued mode). Not `last`: the message is released quietly and
+    /// the queue delivers it again. `last`: no retry follows, so the user is told
+    /// and the message settled. One sender's messages stop at the first that is not
+    /// settled: the queue redelivers the rest in order.
+    Queued { last: bool },
 }
 
 /// How one message ended, ordered by what it means for the delivery (the HTTP status).

@@ -3,8 +3,8 @@
 //! only), and settle the message in the store.
 
 use super::runner::TurnRunner;
-use super::{Action, Outcome};
-use crate::commands::{Command, UNAVAILABLE_TEXT};
+use super::{Action, Delivery, Outcome};
+use crate::commands::{Command, LOST_TEXT, SLOW_TEXT, UNAVAILABLE_TEXT};
 use crate::domain::{Mode, Recipient, SessionRecord, mask};
 use crate::engine::{EngineError, Turn};
 use crate::format::{FENCE_HEADROOM, convert, rebalance_fences};
@@ -28,9 +28,14 @@ impl TurnRunner {
         to: &Recipient,
         action: Action,
         read_id: &str,
+        delivery: Delivery,
     ) -> Outcome {
-        let parts = if turn.progress.parts.is_empty() {
-            match self.reply_parts(turn, to, action, read_id).await {
+        let parts = if turn.progress.is_lost() {
+            // Its turn began and its reply is gone: never ask the engine again.
+            tracing::warn!(msg = %turn.msg_ref, to = %mask(to.key()), "a turn began but its answer was lost; telling the user");
+            return self.tell_and_finish(turn, to, LOST_TEXT).await;
+        } else if turn.progress.parts.is_empty() {
+            match self.reply_parts(turn, to, action, read_id, delivery).await {
                 Ok(parts) => parts,
                 Err(outcome) => return outcome,
             }
@@ -48,6 +53,7 @@ impl TurnRunner {
         to: &Recipient,
         action: Action,
         read_id: &str,
+        delivery: Delivery,
     ) -> Result<Vec<String>, Outcome> {
         let text = match action {
             Action::Command(command) => {
@@ -74,26 +80,68 @@ impl TurnRunner {
             from: to.key(),
             message_id: turn.attempt.message_id,
         };
-        match self.ask_engine(&request, to, turn.msg_ref).await {
-            Ok(reply) => Ok(self.render(&reply)),
-            Err(e) => {
-                let transient = e.is_transient();
-                tracing::error!(error = %e, transient, msg = %turn.msg_ref, mode = turn.session.mode.as_str(), "engine failed");
-                if !turn.progress.notice_sent {
-                    match self.messenger.send_text(to, UNAVAILABLE_TEXT).await {
-                        Ok(()) => turn.progress.notice_sent = true,
-                        Err(e) => {
-                            tracing::warn!(error = %e, msg = %turn.msg_ref, "could not send the unavailable notice")
-                        }
-                    }
-                }
-                if transient {
-                    // Keep the message for Meta's redelivery, which asks the engine again.
-                    Err(self.abandon(turn).await)
-                } else {
-                    Err(self.finish(turn).await)
-                }
+        // The claim recorded that this turn began; every later write keeps it.
+        turn.progress.started = true;
+        let error = match self.ask_engine(&request, to, turn.msg_ref).await {
+            Ok(reply) => return Ok(self.render(&reply)),
+            Err(error) => error,
+        };
+        let mode = turn.session.mode.as_str();
+        if error.may_have_started() {
+            tracing::error!(error = %error, msg = %turn.msg_ref, mode, "engine failed after taking the turn; it is not asked again");
+            let notice = match error {
+                EngineError::Timeout(_) => SLOW_TEXT,
+                _ => UNAVAILABLE_TEXT,
+            };
+            return Err(self.tell_and_finish(turn, to, notice).await);
+        }
+        // The engine never took the turn: asking again is safe.
+        turn.progress.started = false;
+        let transient = error.is_transient();
+        let last = match delivery {
+            Delivery::Webhook => !transient,
+            Delivery::Queued { last } => last || !transient,
+        };
+        tracing::error!(error = %error, transient, last, msg = %turn.msg_ref, mode, "engine did not take the turn");
+        if last {
+            return Err(self.tell_and_finish(turn, to, UNAVAILABLE_TEXT).await);
+        }
+        if delivery == Delivery::Webhook {
+            // Meta's redelivery asks again; the user knows meanwhile, and is not held up.
+            self.tell(turn, to, UNAVAILABLE_TEXT).await;
+        }
+        Err(self.abandon(turn).await)
+    }
+
+    /// Tell the user `notice` once per message (`progress.notice_sent`).
+    async fn tell(&self, turn: &mut TurnState<'_>, to: &Recipient, notice: &str) -> bool {
+        if turn.progress.notice_sent {
+            return true;
+        }
+        match self.messenger.send_text(to, notice).await {
+            Ok(()) => {
+                turn.progress.notice_sent = true;
+                true
             }
+            Err(e) => {
+                tracing::warn!(error = %e, msg = %turn.msg_ref, "could not send the notice");
+                false
+            }
+        }
+    }
+
+    /// Tell the user and settle the message; if the notice cannot be sent, release it
+    /// for a later attempt (which tells them instead of asking again).
+    async fn tell_and_finish(
+        &self,
+        turn: &mut TurnState<'_>,
+        to: &Recipient,
+        notice: &str,
+    ) -> Outcome {
+        if self.tell(turn, to, notice).await {
+            self.finish(turn).await
+        } else {
+            self.abandon(turn).await
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reply::TurnState;
-use super::{Accepted, Action, Outcome};
+use super::{Accepted, Action, Delivery, Outcome};
 use crate::domain::{Clock, Mode, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
@@ -58,8 +58,10 @@ impl TurnRunner {
     }
 
     /// Answer one sender's messages in order, one turn at a time; consecutive fresh
-    /// texts become one combined turn. Returns one outcome per message.
-    pub async fn answer_in_order(&self, batch: &[&Accepted]) -> Vec<Outcome> {
+    /// texts become one combined turn. Returns one outcome per message. A queue
+    /// worker's messages stop at the first that is not settled (the rest: `Failed`,
+    /// untouched), so the queue redelivers them in order.
+    pub async fn answer_in_order(&self, batch: &[&Accepted], delivery: Delivery) -> Vec<Outcome> {
         // One token for the whole batch: a message claimed for a combined turn but left
         // out of it is claimed again by the next turn without waiting out a lease.
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -67,18 +69,27 @@ impl TurnRunner {
         let mut wait = true;
         while outcomes.len() < batch.len() {
             let rest = &batch[outcomes.len()..];
-            let answered = self.answer_next(rest, &token, wait).await;
+            let answered = self.answer_next(rest, &token, wait, delivery).await;
             // Once one message is not answered, later ones only take their place in the
             // waiting list: waiting for the sender again would fail the same way.
             wait = answered.iter().all(|o| *o == Outcome::Settled);
             outcomes.extend(answered);
+            if !wait && matches!(delivery, Delivery::Queued { .. }) {
+                outcomes.resize(batch.len(), Outcome::Failed);
+            }
         }
         outcomes
     }
 
     /// Answer the first message of `rest`, with the fresh texts right after it when it
     /// is a fresh text. Returns the outcomes of the messages it took, in order.
-    async fn answer_next(&self, rest: &[&Accepted], token: &str, wait: bool) -> Vec<Outcome> {
+    async fn answer_next(
+        &self,
+        rest: &[&Accepted],
+        token: &str,
+        wait: bool,
+        delivery: Delivery,
+    ) -> Vec<Outcome> {
         let first = rest[0];
         let attempt = attempt_of(first, token, &[]);
         let begin = if wait {
@@ -169,7 +180,9 @@ impl TurnRunner {
         };
         // Marking the latest message read marks the earlier ones read too.
         let read_id = merged.last().map_or(first.id.as_str(), |p| &p.id);
-        let outcome = self.answer(&mut turn, &first.sender, action, read_id).await;
+        let outcome = self
+            .answer(&mut turn, &first.sender, action, read_id, delivery)
+            .await;
         taken.into_iter().map(|o| o.unwrap_or(outcome)).collect()
     }
 
@@ -195,6 +208,7 @@ fn attempt_of<'a>(p: &'a Accepted, token: &'a str, merged: &'a [Merged<'a>]) -> 
         sender: &p.state_key,
         token,
         timestamp: p.timestamp,
+        starts_turn: p.is_turn(),
         merged,
     }
 }

@@ -69,7 +69,9 @@ fn text(id: &str, timestamp: u64, body: &str) -> Accepted {
 
 async fn answer(s: &Setup, batch: &[Accepted]) -> Vec<Outcome> {
     let refs: Vec<&Accepted> = batch.iter().collect();
-    s.runner.answer_in_order(&refs).await
+    s.runner
+        .answer_in_order(&refs, crate::turn::Delivery::Webhook)
+        .await
 }
 
 #[tokio::test]

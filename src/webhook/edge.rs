@@ -161,7 +161,10 @@ impl App {
                 }
             }
         }
-        let outcomes = self.turns.answer_in_order(&unique).await;
+        let outcomes = self
+            .turns
+            .answer_in_order(&unique, crate::turn::Delivery::Webhook)
+            .await;
         let mut worst = vec![Outcome::Settled; replies.len() + 1];
         for ((owner, _), index) in tagged.iter().zip(answered_as) {
             worst[*owner] = worst[*owner].max(outcomes[index]);

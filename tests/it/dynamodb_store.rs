@@ -25,6 +25,7 @@ fn attempt<'a>(message_id: &'a str, sender: &'a str, token: &'a str) -> Attempt<
         sender,
         token,
         timestamp: T0,
+        starts_turn: false,
         merged: &[],
     }
 }
@@ -159,6 +160,7 @@ async fn expired_lease_resumes_with_saved_progress(store: &dyn SessionStore) {
         parts: vec!["part one".into(), "part two".into()],
         sent: 1,
         notice_sent: true,
+        started: true,
     };
     store.begin(&first, T0).await.unwrap();
     store.save_progress(&first, &progress).await.unwrap();
@@ -271,6 +273,7 @@ async fn abandon_keeps_progress_and_releases_both(store: &dyn SessionStore) {
         parts: vec!["only part".into()],
         sent: 0,
         notice_sent: false,
+        started: true,
     };
     let s = session("s7", Mode::Normal, T0);
     store.abandon(&first, &progress, &s, T0).await.unwrap();
@@ -292,12 +295,14 @@ async fn abandon_without_parts_clears_stored_parts(store: &dyn SessionStore) {
         parts: vec!["a".into(), "b".into()],
         sent: 1,
         notice_sent: false,
+        started: true,
     };
     store.save_progress(&first, &with_parts).await.unwrap();
     let without = Progress {
         parts: vec![],
         sent: 0,
         notice_sent: true,
+        started: false,
     };
     let s = session("s8", Mode::Otr, T0);
     store.abandon(&first, &without, &s, T0).await.unwrap();
@@ -405,6 +410,7 @@ async fn an_abandoned_message_holds_back_newer_ones(store: &dyn SessionStore) {
         parts: vec!["one".into(), "two".into()],
         sent: 1,
         notice_sent: false,
+        started: true,
     };
     let s = session("s1", Mode::Normal, T0);
     store.abandon(&failed, &progress, &s, T0 + 1).await.unwrap();
@@ -515,13 +521,11 @@ async fn a_combined_turn_that_sent_nothing_releases_its_messages(store: &dyn Ses
     }];
     let first = attempt_at("wamid.S1", sender, "t1", T0);
     let turn = begin_combined(store, first, &merged, T0 + 2).await;
-    let notice = Progress {
-        notice_sent: true,
-        ..Progress::default()
-    };
+    // The engine never took the turn, and the user was not told (a queue retries).
+    let notice = Progress::default();
     let s = session("s1", Mode::Normal, T0 + 2);
     store.abandon(&turn, &notice, &s, T0 + 3).await.unwrap();
-    // Both come back; the second waits for the first, then carries the notice flag.
+    // Both come back; the second waits for the first.
     let second = attempt_at("wamid.S2", sender, "t2", T0 + 1);
     assert_eq!(
         store.begin(&second, T0 + 4).await.unwrap(),
@@ -554,6 +558,7 @@ async fn a_combined_turn_cut_short_keeps_the_reply_on_its_first_message(store: &
         parts: vec!["a".into(), "b".into()],
         sent: 1,
         notice_sent: false,
+        started: true,
     };
     let s = session("s1", Mode::Normal, T0 + 2);
     store.abandon(&turn, &progress, &s, T0 + 3).await.unwrap();
@@ -640,8 +645,88 @@ async fn a_merged_message_that_waited_leaves_the_line_when_its_reply_is_under_wa
         parts: vec!["a".into(), "b".into()],
         sent: 1,
         notice_sent: false,
+        started: true,
     };
     merged_waiting_message_leaves_the_line(store, "4915550038", Some(cut_short)).await;
+}
+
+/// Once the user was told a message failed, it no longer holds back newer ones
+/// (merged ones included), though it stays open for a retry.
+async fn a_failure_the_user_was_told_of_holds_nobody_back(store: &dyn SessionStore) {
+    let sender = "4915550039";
+    let merged = [Merged {
+        message_id: "wamid.T2",
+        timestamp: T0 + 1,
+    }];
+    let first = attempt_at("wamid.T1", sender, "t1", T0);
+    let turn = begin_combined(store, first, &merged, T0 + 2).await;
+    let told = Progress {
+        notice_sent: true,
+        ..Progress::default()
+    };
+    let s = session("s1", Mode::Normal, T0 + 2);
+    store.abandon(&turn, &told, &s, T0 + 3).await.unwrap();
+    let newer = attempt_at("wamid.T3", sender, "t2", T0 + 3);
+    assert_eq!(
+        store.begin(&newer, T0 + 4).await.unwrap(),
+        ready(Some(s.clone()), Progress::default()),
+        "not held back by the failures the user was told of"
+    );
+    store.finish(&newer, &s, T0 + 5).await.unwrap();
+    let retry = attempt_at("wamid.T1", sender, "t3", T0);
+    assert_eq!(
+        store.begin(&retry, T0 + 6).await.unwrap(),
+        ready(Some(s), told),
+        "still open for a retry, with the notice remembered"
+    );
+}
+
+/// A claim for a turn records that it began, for every later attempt but not for
+/// the attempt itself; a claim handed back because the sender is busy un-begins it.
+async fn a_turn_begins_with_its_claim(store: &dyn SessionStore) {
+    let sender = "4915550040";
+    let turn = |id, token| Attempt {
+        starts_turn: true,
+        ..attempt_at(id, sender, token, T0)
+    };
+    let holder = turn("wamid.V1", "t1");
+    let Begin::Ready { progress, .. } = store.begin(&holder, T0).await.unwrap() else {
+        panic!("first claim");
+    };
+    assert!(!progress.started, "not begun before this attempt");
+    // The same attempt claiming again (an SDK retry of its claim) sees no earlier turn.
+    assert_eq!(
+        store.claim(&holder, T0).await.unwrap(),
+        Claim::Claimed(Progress::default())
+    );
+    // A newer message meets the busy sender: its claim is handed back un-begun.
+    let newer = Attempt {
+        timestamp: T0 + 1,
+        ..turn("wamid.V2", "t2")
+    };
+    assert_eq!(
+        store.begin(&newer, T0 + 1).await.unwrap(),
+        Begin::SenderBusy
+    );
+    // The holder dies; after its lease, the next attempt finds its turn begun.
+    let later = turn("wamid.V1", "t3");
+    let Begin::Ready { progress, .. } = store.begin(&later, T0 + LEASE + 1).await.unwrap() else {
+        panic!("after the lease");
+    };
+    assert!(progress.started && progress.is_lost(), "{progress:?}");
+    store
+        .finish(&later, &session("s1", Mode::Normal, T0), T0 + LEASE + 2)
+        .await
+        .unwrap();
+    let newer_again = Attempt {
+        timestamp: T0 + 1,
+        ..turn("wamid.V2", "t4")
+    };
+    let Begin::Ready { progress, .. } = store.begin(&newer_again, T0 + LEASE + 3).await.unwrap()
+    else {
+        panic!("the newer message is next");
+    };
+    assert!(progress.is_fresh(), "handed back un-begun: {progress:?}");
 }
 
 macro_rules! contract {
@@ -681,6 +766,8 @@ contract!(
     a_waiting_message_stops_holding_back_after_the_order_hold,
     merged_messages_are_done_with_their_turn,
     a_combined_turn_that_sent_nothing_releases_its_messages,
+    a_failure_the_user_was_told_of_holds_nobody_back,
+    a_turn_begins_with_its_claim,
     a_combined_turn_cut_short_keeps_the_reply_on_its_first_message,
     a_merged_message_that_waited_leaves_the_line_when_answered,
     a_merged_message_that_waited_leaves_the_line_when_its_reply_is_under_way,
@@ -739,6 +826,7 @@ async fn stored_items_hold_no_reply_text_and_no_wamid() {
         parts: vec![format!("{secret} 1"), format!("{secret} 2")],
         sent: 1,
         notice_sent: false,
+        started: true,
     };
     store.save_progress(&normal, &pending).await.unwrap();
     let strings = all_strings(&env).await;
@@ -759,6 +847,7 @@ async fn stored_items_hold_no_reply_text_and_no_wamid() {
         parts: vec![],
         sent: 2,
         notice_sent: false,
+        started: true,
     };
     store.save_progress(&otr, &otr_progress).await.unwrap();
     store

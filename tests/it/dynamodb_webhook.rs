@@ -9,7 +9,7 @@ use crate::helpers::*;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
-use whatsapp_webhook::commands::UNAVAILABLE_TEXT;
+use whatsapp_webhook::commands::{LOST_TEXT, UNAVAILABLE_TEXT};
 use whatsapp_webhook::state::{Attempt, Begin, DynamoStore, SessionStore};
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -344,22 +344,29 @@ async fn otr_conversation_leaves_no_text_in_the_table() {
         }
         assert!(dump.contains("otr"), "the mode itself is stored");
     }
-    // OTR replies are not stored, so the redelivery asked the engine again.
-    assert_eq!(h.engine_calls().await.len(), 2);
+    // OTR replies are not stored, and a begun turn is never asked again: the
+    // redelivery tells the user the rest of the answer was lost.
+    assert_eq!(h.engine_calls().await.len(), 1);
+    assert_eq!(
+        h.sent_bodies().await.last().map(String::as_str),
+        Some(LOST_TEXT)
+    );
 }
 
 #[tokio::test]
-async fn a_dead_holder_is_overtaken_after_its_lease() {
+async fn a_dead_holder_is_overtaken_after_its_lease_and_its_turn_is_not_asked_again() {
     let table = Table::fresh().await;
     let h = table.harness().await;
     let body = fixture("text.json");
-    // An earlier delivery claimed the message and died (no finish, no abandon).
+    // An earlier delivery claimed the message for its turn and died (no finish, no
+    // abandon): the engine may be running that turn still.
     let store = table.store();
     let dead = Attempt {
         message_id: "wamid.SAMPLE.text.0001",
         sender: "15557654321",
         token: "dead",
         timestamp: 0,
+        starts_turn: true,
         merged: &[],
     };
     assert!(matches!(
@@ -376,9 +383,15 @@ async fn a_dead_holder_is_overtaken_after_its_lease() {
     assert_eq!(
         status(&h.post_json(&body).await),
         200,
-        "lease expired: the redelivery resumes"
+        "lease expired: the redelivery settles the message"
     );
-    assert_eq!(h.sent_texts().await.len(), 1);
+    assert_eq!(h.sent_bodies().await, vec![LOST_TEXT.to_string()]);
+    assert!(
+        h.engine_calls().await.is_empty(),
+        "a begun turn is never asked again"
+    );
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    assert_eq!(h.sent_texts().await.len(), 1, "told once");
 }
 
 #[tokio::test]

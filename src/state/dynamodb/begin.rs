@@ -8,17 +8,17 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use super::DynamoStore;
 use super::errors::{classify, is_condition_failed};
 use super::expressions::{
-    CLAIM_MESSAGE, JOIN_WAITING_LIST, MESSAGE_CLAIMABLE, MESSAGE_HELD, RELEASE_MESSAGE,
-    SENDER_LEASE_FREE, SET_SENDER_LEASE, names,
+    CLAIM_MESSAGE, CLAIM_TURN_MESSAGE, JOIN_WAITING_LIST, MESSAGE_CLAIMABLE, MESSAGE_HELD,
+    RELEASE_MESSAGE, RELEASE_TURN_MESSAGE, SENDER_LEASE_FREE, SET_SENDER_LEASE, names,
 };
 use super::item::{
-    DONE, HOLDER, Item, LEASE_UNTIL, NOTICE_SENT, PK, SENT, TTL, WAITING, WAITING_VERSION,
+    DONE, HOLDER, Item, LEASE_UNTIL, NOTICE_SENT, PK, SENT, STARTED, TTL, WAITING, WAITING_VERSION,
     get_bool, get_str, get_string_set, get_u64, message_pk, n, no_attributes, read_progress,
     read_session, s, sender_pk,
 };
 use crate::state::{
-    Attempt, Claim, DEDUP_RETENTION, Place, SessionRecord, StateError, is_live, place_in_line,
-    waiting_entry,
+    Attempt, Claim, DEDUP_RETENTION, Place, Progress, SessionRecord, StateError, is_live,
+    place_in_line, waiting_entry,
 };
 
 /// A granted sender lease.
@@ -58,37 +58,37 @@ impl DynamoStore {
         attempt: &Attempt<'_>,
         now: u64,
     ) -> Result<Claim, StateError> {
-        let result = self
+        // The item before the claim: what earlier attempts achieved (none when new).
+        let mut attributes = vec![PK, HOLDER, LEASE_UNTIL, TTL, DONE, SENT, NOTICE_SENT];
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, message_pk(attempt.message_id))
-            .update_expression(CLAIM_MESSAGE)
-            .condition_expression(MESSAGE_CLAIMABLE)
-            .set_expression_attribute_names(Some(names(&[
-                PK,
-                HOLDER,
-                LEASE_UNTIL,
-                TTL,
-                DONE,
-                SENT,
-                NOTICE_SENT,
-            ])))
+            .condition_expression(MESSAGE_CLAIMABLE);
+        if attempt.starts_turn {
+            attributes.push(STARTED);
+            request = request.update_expression(CLAIM_TURN_MESSAGE);
+        } else {
+            request = request.update_expression(CLAIM_MESSAGE);
+        }
+        let result = request
+            .set_expression_attribute_names(Some(names(&attributes)))
             .expression_attribute_values(":token", s(attempt.token))
             .expression_attribute_values(":lease_until", n(now + self.lease.as_secs()))
             .expression_attribute_values(":ttl", n(now + DEDUP_RETENTION.as_secs()))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::AllNew)
+            .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(out) => {
-                let item = out.attributes().ok_or_else(|| no_attributes("message"))?;
-                Ok(Claim::Claimed(read_progress(item)?))
-            }
+            Ok(out) => Ok(Claim::Claimed(match out.attributes() {
+                Some(before) if !before.is_empty() => read_progress(before, attempt.token)?,
+                _ => Progress::default(),
+            })),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 UpdateItemError::ConditionalCheckFailedException(failed) => {
                     let done = match failed.item() {
@@ -278,15 +278,28 @@ impl DynamoStore {
 
     /// Hand the message claim back at once, so its redelivery need not wait out our
     /// lease while the sender is busy.
-    pub(super) async fn release_message(&self, attempt: &Attempt<'_>) -> Result<(), StateError> {
+    pub(super) async fn release_message(
+        &self,
+        attempt: &Attempt<'_>,
+        started_before: bool,
+    ) -> Result<(), StateError> {
+        // A turn this claim began did not begin after all; one begun before stays so.
+        let (expression, attributes) = if attempt.starts_turn && !started_before {
+            (
+                RELEASE_TURN_MESSAGE,
+                vec![LEASE_UNTIL, HOLDER, DONE, STARTED],
+            )
+        } else {
+            (RELEASE_MESSAGE, vec![LEASE_UNTIL, HOLDER, DONE])
+        };
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, message_pk(attempt.message_id))
-            .update_expression(RELEASE_MESSAGE)
+            .update_expression(expression)
             .condition_expression(MESSAGE_HELD)
-            .set_expression_attribute_names(Some(names(&[LEASE_UNTIL, HOLDER, DONE])))
+            .set_expression_attribute_names(Some(names(&attributes)))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":token", s(attempt.token))
             .expression_attribute_values(":false", AttributeValue::Bool(false))

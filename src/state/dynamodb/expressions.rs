@@ -19,6 +19,14 @@ pub(super) const CLAIM_MESSAGE: &str = "SET #holder = :token, #lease_until = :le
     #sent = if_not_exists(#sent, :zero), \
     #notice_sent = if_not_exists(#notice_sent, :false)";
 
+/// [`CLAIM_MESSAGE`] for text for the engine: the turn begins with this write, which
+/// records the token of the attempt that began it (kept if an earlier one did).
+pub(super) const CLAIM_TURN_MESSAGE: &str = "SET #holder = :token, #lease_until = :lease_until, \
+    #ttl = if_not_exists(#ttl, :ttl), #done = if_not_exists(#done, :false), \
+    #sent = if_not_exists(#sent, :zero), \
+    #notice_sent = if_not_exists(#notice_sent, :false), \
+    #started = if_not_exists(#started, :token)";
+
 /// A message can be claimed when new, or not answered and its lease over (`:now`).
 /// `#holder = :token` only matters for an SDK retry of this very request.
 pub(super) const MESSAGE_CLAIMABLE: &str = "attribute_not_exists(#pk) OR \
@@ -29,6 +37,9 @@ pub(super) const MESSAGE_HELD: &str = "#holder = :token AND #done = :false";
 
 /// Hand a message claim back: its lease ends now (`:zero`).
 pub(super) const RELEASE_MESSAGE: &str = "SET #lease_until = :zero";
+
+/// [`RELEASE_MESSAGE`] for a turn this attempt's claim began: it did not begin after all.
+pub(super) const RELEASE_TURN_MESSAGE: &str = "SET #lease_until = :zero REMOVE #started";
 
 /// Answered: done (`:true`), released (`:zero`), no reply text kept.
 pub(super) const MARK_MESSAGE_DONE: &str = "SET #done = :true, #lease_until = :zero REMOVE #parts";
@@ -59,20 +70,35 @@ pub(super) const SET_SESSION: &str = "SET #session_id = :session_id, #mode = :mo
 
 // ---------------------------------------------------------------- helpers
 
-/// The progress assignments (after `SET`), with `REMOVE #parts` when there are none.
-pub(super) fn progress_assignments(progress: &Progress, values: &mut Item) -> &'static str {
+/// The progress assignments (after `SET`), with a `REMOVE` clause for what is absent:
+/// `#parts` when there are none, `#started` when the turn did not begin. A begun turn
+/// keeps the token of the attempt that began it (`:token`, which the caller sets), so a
+/// later attempt can tell "begun before me" from its own claim's write.
+pub(super) fn progress_assignments(progress: &Progress, values: &mut Item) -> String {
     values.insert(":sent".into(), n(u64::from(progress.sent)));
     values.insert(
         ":notice_sent".into(),
         AttributeValue::Bool(progress.notice_sent),
     );
+    let mut set = String::from("#sent = :sent, #notice_sent = :notice_sent");
+    let mut remove = Vec::new();
+    if progress.started {
+        set.push_str(", #started = if_not_exists(#started, :token)");
+    } else {
+        remove.push("#started");
+    }
     if progress.parts.is_empty() {
-        "#sent = :sent, #notice_sent = :notice_sent REMOVE #parts"
+        remove.push("#parts");
     } else {
         let parts = progress.parts.iter().map(s).collect();
         values.insert(":parts".into(), AttributeValue::L(parts));
-        "#sent = :sent, #notice_sent = :notice_sent, #parts = :parts"
+        set.push_str(", #parts = :parts");
     }
+    if !remove.is_empty() {
+        set.push_str(" REMOVE ");
+        set.push_str(&remove.join(", "));
+    }
+    set
 }
 
 /// The `#name` placeholder of each attribute.

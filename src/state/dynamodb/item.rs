@@ -22,6 +22,7 @@ pub(super) const TTL: &str = "ttl";
 pub(super) const PARTS: &str = "parts";
 pub(super) const SENT: &str = "sent";
 pub(super) const NOTICE_SENT: &str = "notice_sent";
+pub(super) const STARTED: &str = "started";
 pub(super) const SESSION_ID: &str = "session_id";
 pub(super) const MODE: &str = "mode";
 pub(super) const CREATED_AT: &str = "created_at";
@@ -59,8 +60,9 @@ pub(super) fn n(value: u64) -> AttributeValue {
 
 // ---------------------------------------------------------------- reading items
 
-/// What earlier attempts achieved, from a message item.
-pub(super) fn read_progress(item: &Item) -> Result<Progress, StateError> {
+/// What earlier attempts achieved, from a message item; `token` is the reading
+/// attempt's (a turn it began itself does not count as begun before).
+pub(super) fn read_progress(item: &Item, token: &str) -> Result<Progress, StateError> {
     let parts = match item.get(PARTS) {
         None => Vec::new(),
         Some(AttributeValue::L(list)) => list
@@ -80,6 +82,7 @@ pub(super) fn read_progress(item: &Item) -> Result<Progress, StateError> {
         parts,
         sent,
         notice_sent: get_bool(item, NOTICE_SENT)?.unwrap_or(false),
+        started: get_str(item, STARTED)?.is_some_and(|by| by != token),
     })
 }
 
@@ -182,7 +185,7 @@ mod tests {
         let mut item = Item::new();
         item.insert(PARTS.into(), AttributeValue::L(vec![n(7)]));
         item.insert(SENT.into(), s("private words"));
-        let err = read_progress(&item)
+        let err = read_progress(&item, "t")
             .map(|_| ())
             .err()
             .map(|e| e.to_string());

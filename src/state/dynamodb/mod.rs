@@ -104,7 +104,8 @@ use begin::SenderLease;
 use errors::{classify, is_condition_failed};
 use expressions::{MESSAGE_HELD, names, progress_assignments};
 use item::{
-    DONE, HOLDER, Item, NOTICE_SENT, PARTS, PK, SENDER, SENT, TTL, message_pk, n, s, user_pk,
+    DONE, HOLDER, Item, NOTICE_SENT, PARTS, PK, SENDER, SENT, STARTED, TTL, message_pk, n, s,
+    user_pk,
 };
 
 use super::{
@@ -154,7 +155,7 @@ impl SessionStore for DynamoStore {
                 waiting,
             }),
             None => {
-                self.release_message(attempt).await?;
+                self.release_message(attempt, progress.started).await?;
                 Ok(Begin::SenderBusy)
             }
         }
@@ -181,7 +182,14 @@ impl SessionStore for DynamoStore {
             .key(PK, message_pk(attempt.message_id))
             .update_expression(expression)
             .condition_expression(MESSAGE_HELD)
-            .set_expression_attribute_names(Some(names(&[HOLDER, DONE, SENT, NOTICE_SENT, PARTS])))
+            .set_expression_attribute_names(Some(names(&[
+                HOLDER,
+                DONE,
+                SENT,
+                NOTICE_SENT,
+                PARTS,
+                STARTED,
+            ])))
             .set_expression_attribute_values(Some(values))
             .send()
             .await;

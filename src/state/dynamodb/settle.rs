@@ -13,7 +13,7 @@ use super::expressions::{
 };
 use super::item::{
     CREATED_AT, DONE, HOLDER, Item, LEASE_UNTIL, MODE, NOTICE_SENT, PARTS, PK, SENT, SESSION_ID,
-    TTL, UPDATED_AT, WAITING, WAITING_VERSION, message_pk, n, s, sender_pk,
+    STARTED, TTL, UPDATED_AT, WAITING, WAITING_VERSION, message_pk, n, s, sender_pk,
 };
 use crate::domain::SessionRecord;
 use crate::state::{Attempt, Progress, StateError, is_live, waiting_entry};
@@ -51,10 +51,13 @@ impl DynamoStore {
             progress.map_or(Settled::Done, Settled::Pending),
         )];
         let mut waiting = Vec::new();
-        if progress.is_some() {
+        // A failure the user was told of holds nobody back.
+        let listed = progress.is_some_and(|p| !p.notice_sent);
+        if listed {
             waiting.push(waiting_entry(attempt.message_id, attempt.timestamp));
         }
-        let released = progress.filter(|p| p.sent == 0).map(|p| Progress {
+        // Merged messages go back only when their turn did not begin.
+        let released = progress.filter(|p| !p.started).map(|p| Progress {
             notice_sent: p.notice_sent,
             ..Progress::default()
         });
@@ -64,7 +67,9 @@ impl DynamoStore {
                 None => messages.push((merged.message_id, Settled::Done)),
                 Some(released) => {
                     messages.push((merged.message_id, Settled::Pending(released)));
-                    waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+                    if listed {
+                        waiting.push(waiting_entry(merged.message_id, merged.timestamp));
+                    }
                 }
             }
         }
@@ -167,7 +172,7 @@ impl DynamoStore {
         };
         let mut attributes = vec![HOLDER, DONE, LEASE_UNTIL, PARTS];
         if matches!(settled, Settled::Pending(_)) {
-            attributes.extend([SENT, NOTICE_SENT]);
+            attributes.extend([SENT, NOTICE_SENT, STARTED]);
         }
         let update = Update::builder()
             .table_name(&self.table)
