@@ -11,10 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::TurnMode;
 use crate::domain::{AllowList, Clock, Secret};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
+use crate::queue::{LocalQueue, SqsQueue};
 use crate::split::MAX_PART_UTF16;
 use crate::state::SessionStore;
 use crate::turn::{Accepted, Outcome, TurnOptions, TurnRunner};
@@ -78,11 +80,31 @@ impl AppOptions {
     }
 }
 
+/// Where accepted messages go: answered inside the request, or queued.
+pub enum Dispatch {
+    /// Sync mode: the reply goes out before the webhook answers 200.
+    Sync,
+    /// Queued mode, `serve` without a queue URL: in-process per-sender queues.
+    Local(Arc<LocalQueue>),
+    /// Queued mode on an SQS FIFO queue (the worker is this binary too).
+    Sqs(SqsQueue),
+}
+
+impl Dispatch {
+    pub fn mode(&self) -> TurnMode {
+        match self {
+            Dispatch::Sync => TurnMode::Sync,
+            Dispatch::Local(_) | Dispatch::Sqs(_) => TurnMode::Queued,
+        }
+    }
+}
+
 /// Everything a request needs, built once at start and shared by reference.
 pub struct App {
     pub(crate) options: AppOptions,
     pub(crate) senders: SenderPolicy,
-    pub(crate) turns: TurnRunner,
+    pub(crate) turns: Arc<TurnRunner>,
+    pub(crate) dispatch: Dispatch,
     /// Requests waiting while another request of this process answers their sender.
     pub(crate) rapid_fire: SenderQueues<Accepted, Outcome>,
 }
@@ -102,10 +124,42 @@ impl App {
                 store.clone(),
                 clock.clone(),
             ),
-            turns: TurnRunner::new(options.turn_options(), store, engine, messenger, clock),
+            turns: Arc::new(TurnRunner::new(
+                options.turn_options(),
+                store,
+                engine,
+                messenger,
+                clock,
+            )),
             rapid_fire: SenderQueues::default(),
+            dispatch: Dispatch::Sync,
             options,
         }
+    }
+
+    /// Queue turns instead of answering them inside the request: on `queue`, or
+    /// (`None`) on in-process per-sender queues of at most `local_limit` messages.
+    pub fn queued(mut self, queue: Option<SqsQueue>, local_limit: usize) -> Self {
+        self.dispatch = match queue {
+            Some(queue) => Dispatch::Sqs(queue),
+            None => Dispatch::Local(Arc::new(LocalQueue::new(self.turns.clone(), local_limit))),
+        };
+        self
+    }
+
+    /// Queue turns on `queue` (tests: a local queue with a short retry delay).
+    pub fn with_dispatch(mut self, dispatch: impl FnOnce(Arc<TurnRunner>) -> Dispatch) -> Self {
+        self.dispatch = dispatch(self.turns.clone());
+        self
+    }
+
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// The turn runner (the queue workers share it).
+    pub fn turns(&self) -> &Arc<TurnRunner> {
+        &self.turns
     }
 
     /// How many requests wait, in this process, for a turn of their sender to end

@@ -27,6 +27,15 @@ impl Command {
         }
     }
 
+    /// The command as typed (what [`Command::parse`] reads back).
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::New => "/new",
+            Command::Otr => "/otr",
+            Command::Help => "/help",
+        }
+    }
+
     /// The one short confirmation the user gets.
     pub fn confirmation(self) -> &'static str {
         match self {

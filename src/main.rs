@@ -151,8 +151,12 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
     let listener = server::bind(port).await.map_err(|e| {
         format!("cannot listen on port {port}: {e}; fix: free the port or set webhook_port")
     })?;
-    tracing::info!(port, "ready: webhook at http://127.0.0.1:{port}/webhook");
-    server::serve(app, listener)
+    tracing::info!(
+        port,
+        turns = app.dispatch().mode().as_str(),
+        "ready: webhook at http://127.0.0.1:{port}/webhook"
+    );
+    server::serve_with_turns(app, listener)
         .await
         .map_err(|e| e.to_string())
 }

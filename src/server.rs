@@ -11,7 +11,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::app::App;
+use crate::app::{App, Dispatch};
+use crate::queue::sqs::Received;
+use crate::queue::worker::{Delivered, run_batch};
+use aws_lambda_events::sqs::SqsEvent;
 
 /// Largest POST body accepted: Lambda's own request cap (6 MB) is the ceiling in
 /// the cloud, and a 1000-update batch from Meta is far below it.
@@ -53,6 +56,46 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> 
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How long a shutting-down `serve` waits for queued turns still running.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`serve`], plus the queued-turn worker of this process: with an SQS queue, a
+/// poller that runs its jobs; at shutdown, in-process turns get [`SHUTDOWN_GRACE`] to
+/// finish (those still waiting then are lost and logged), and the poller finishes
+/// its batch (jobs not settled come back from the queue).
+pub async fn serve_with_turns(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let poller = match app.dispatch() {
+        Dispatch::Sqs(queue) => {
+            let (queue, runner) = (queue.clone(), app.turns().clone());
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(async move {
+                queue
+                    .poll(runner, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }))
+        }
+        _ => None,
+    };
+    let served = serve(app.clone(), listener).await;
+    let _ = stop.send(true);
+    if let Dispatch::Local(queue) = app.dispatch() {
+        let lost = queue.drain(SHUTDOWN_GRACE).await;
+        if lost > 0 {
+            tracing::error!(
+                lost,
+                "shutting down with queued turns unanswered; their senders get no reply"
+            );
+        }
+    }
+    if let Some(poller) = poller {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, poller).await;
+    }
+    served
 }
 
 async fn shutdown_signal() {
@@ -145,13 +188,139 @@ pub async fn lambda_handler(
     Ok(to_lambda(app.handle(from_lambda(request)).await))
 }
 
-/// Run as a Lambda function until the runtime stops the process.
-pub async fn run_lambda(app: Arc<App>) -> Result<(), lambda_http::Error> {
-    lambda_http::run(lambda_http::service_fn(
-        move |request: lambda_http::Request| {
+/// Run as a Lambda function until the runtime stops the process. One function
+/// serves both event kinds, told apart by their shape: API Gateway / Function URL
+/// requests (the webhook) and SQS batches (the queued-turn worker).
+pub async fn run_lambda(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = app.clone();
-            async move { lambda_handler(&app, request).await }
+            async move {
+                let start_by = start_by(&app, event.context.deadline);
+                Ok::<_, Infallible>(lambda_event(&app, event.payload, start_by).await)
+            }
         },
     ))
     .await
+}
+
+/// The latest instant a queued turn may start and still end before the invocation's
+/// `deadline_ms` (unix milliseconds, from the runtime).
+fn start_by(app: &App, deadline_ms: u64) -> Option<tokio::time::Instant> {
+    let Dispatch::Sqs(queue) = app.dispatch() else {
+        return None;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Some(tokio::time::Instant::now() + left.saturating_sub(queue.turn_budget()))
+}
+
+/// One Lambda event: an SQS batch of queued turns, or an HTTP request.
+pub async fn lambda_event(
+    app: &App,
+    payload: serde_json::Value,
+    start_by: Option<tokio::time::Instant>,
+) -> serde_json::Value {
+    if is_sqs_event(&payload) {
+        return sqs_event(app, payload, start_by).await;
+    }
+    let response = match serde_json::from_value::<lambda_http::request::LambdaRequest>(payload) {
+        Ok(request) => app.handle(from_lambda(request.into())).await,
+        Err(e) => {
+            tracing::error!(error = %crate::engine::json_problem(&e), "event is neither an HTTP request nor an SQS batch");
+            plain_bytes(StatusCode::BAD_REQUEST, "unknown event")
+        }
+    };
+    http_response_json(response)
+}
+
+fn is_sqs_event(payload: &serde_json::Value) -> bool {
+    payload["Records"]
+        .as_array()
+        .and_then(|records| records.first())
+        .is_some_and(|record| record["eventSource"] == "aws:sqs")
+}
+
+/// An SQS batch: run the jobs, answer which must come again (`batchItemFailures`,
+/// the partial batch response); Lambda deletes the rest.
+async fn sqs_event(
+    app: &App,
+    payload: serde_json::Value,
+    start_by: Option<tokio::time::Instant>,
+) -> serde_json::Value {
+    let records = match serde_json::from_value::<SqsEvent>(payload) {
+        Ok(event) => event.records,
+        Err(e) => {
+            tracing::error!(error = %crate::engine::json_problem(&e), "unreadable SQS event");
+            Vec::new()
+        }
+    };
+    let jobs: Vec<Received> = records
+        .iter()
+        .map(|r| Received {
+            body: r.body.clone().unwrap_or_default(),
+            receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
+        })
+        .collect();
+    let settled = match app.dispatch() {
+        Dispatch::Sqs(queue) => {
+            let settled = queue.run(app.turns(), &jobs, start_by).await;
+            let again: Vec<&Received> = jobs
+                .iter()
+                .zip(&settled)
+                .filter(|(_, s)| !**s)
+                .map(|(j, _)| j)
+                .collect();
+            queue.retry_soon(&again).await;
+            settled
+        }
+        _ => {
+            tracing::warn!(
+                "an SQS batch reached a function without turns.queue_url; running it anyway"
+            );
+            let delivered: Vec<Delivered<'_>> = jobs
+                .iter()
+                .map(|j| Delivered {
+                    body: &j.body,
+                    receive_count: j.receive_count,
+                })
+                .collect();
+            run_batch(app.turns(), &delivered, start_by).await
+        }
+    };
+    let failures: Vec<serde_json::Value> = records
+        .iter()
+        .zip(settled)
+        .filter(|(_, settled)| !settled)
+        .map(|(r, _)| serde_json::json!({"itemIdentifier": r.message_id.clone().unwrap_or_default()}))
+        .collect();
+    serde_json::json!({ "batchItemFailures": failures })
+}
+
+/// The response object API Gateway (payload 1.0 and 2.0) and Function URLs take.
+fn http_response_json(response: Response<Bytes>) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.into())))
+        .collect();
+    let status = response.status().as_u16();
+    // The app's bodies are short texts it wrote itself.
+    let body = String::from_utf8_lossy(response.body());
+    serde_json::json!({
+        "statusCode": status, "headers": headers, "body": body, "isBase64Encoded": false
+    })
+}
+
+fn plain_bytes(status: StatusCode, body: &'static str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+    *response.status_mut() = status;
+    response
 }

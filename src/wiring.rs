@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{App, AppOptions};
-use crate::config::{Config, EngineConfig, StateKind};
+use crate::config::{Config, EngineConfig, QUEUED_LEASE_MARGIN_SECS, StateKind, TurnMode};
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
-use crate::state::dynamodb::dynamo_client;
+use crate::queue::SqsQueue;
+use crate::queue::local::DEFAULT_LIMIT;
+use crate::state::dynamodb::{aws_sdk_config, dynamo_client};
 use crate::state::{DynamoStore, MemoryStore, SessionStore, unix_now};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +93,36 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             "SIGNATURE CHECK OFF: no app secret and allow_unsigned: true; anyone can POST to this webhook"
         );
     }
-    Ok(App::new(
+    let app = App::new(
         config.app.clone(),
         store,
         engine,
         messenger,
         Arc::new(unix_now),
-    ))
+    );
+    let turns = &config.turns;
+    Ok(match turns.mode {
+        TurnMode::Sync => app,
+        TurnMode::Queued => {
+            let queue = match &turns.queue_url {
+                Some(url) => {
+                    let sdk = aws_sdk_config(turns.endpoint_url.as_deref()).await;
+                    Some(SqsQueue::new(
+                        aws_sdk_sqs::Client::new(&sdk),
+                        url.clone(),
+                        turns.engine_timeout + Duration::from_secs(QUEUED_LEASE_MARGIN_SECS),
+                    ))
+                }
+                None => None,
+            };
+            tracing::info!(
+                queue = if queue.is_some() { "sqs" } else { "in-process" },
+                engine_timeout_secs = turns.engine_timeout.as_secs(),
+                "queued turns"
+            );
+            app.queued(queue, DEFAULT_LIMIT)
+        }
+    })
 }
 
 /// An app with nothing outside the process: memory state (default lease and idle TTL),

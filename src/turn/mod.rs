@@ -57,8 +57,12 @@ pub enum Delivery {
     /// A queue worker (queued mode). Not `last`: the message is released quietly and
     /// the queue delivers it again. `last`: no retry follows, so the user is told
     /// and the message settled. One sender's messages stop at the first that is not
-    /// settled: the queue redelivers the rest in order.
-    Queued { last: bool },
+    /// settled: the queue redelivers the rest in order. `start_by`: no turn starts
+    /// after this instant (the worker would be cut off mid-turn).
+    Queued {
+        last: bool,
+        start_by: Option<tokio::time::Instant>,
+    },
 }
 
 /// How one message ended, ordered by what it means for the delivery (the HTTP status).

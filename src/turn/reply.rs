@@ -100,7 +100,7 @@ impl TurnRunner {
         let transient = error.is_transient();
         let last = match delivery {
             Delivery::Webhook => !transient,
-            Delivery::Queued { last } => last || !transient,
+            Delivery::Queued { last, .. } => last || !transient,
         };
         tracing::error!(error = %error, transient, last, msg = %turn.msg_ref, mode, "engine did not take the turn");
         if last {

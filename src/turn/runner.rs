@@ -68,6 +68,19 @@ impl TurnRunner {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut wait = true;
         while outcomes.len() < batch.len() {
+            if let Delivery::Queued {
+                start_by: Some(start_by),
+                ..
+            } = delivery
+                && tokio::time::Instant::now() > start_by
+            {
+                tracing::warn!(
+                    left = batch.len() - outcomes.len(),
+                    "no time left for another turn; leaving the rest to the queue"
+                );
+                outcomes.resize(batch.len(), Outcome::Failed);
+                break;
+            }
             let rest = &batch[outcomes.len()..];
             let answered = self.answer_next(rest, &token, wait, delivery).await;
             // Once one message is not answered, later ones only take their place in the

@@ -1,9 +1,11 @@
 //! The HTTP edge: one request in, one response out, the same in serve and Lambda mode.
 //! Routing, the verification GET, the signature check, and the status code.
 //!
-//! A POST answers 200 only after every message in it was answered (a Lambda is
-//! frozen once it responds), 503 when another delivery holds a message, and 500
-//! when something failed for now, so that Meta redelivers.
+//! Sync mode: a POST answers 200 only after every message in it was answered (a
+//! Lambda is frozen once it responds), 503 when another delivery holds a message, and
+//! 500 when something failed for now, so that Meta redelivers. Queued mode: 200 once
+//! every message is on the turn queue, 503 when the in-process queue is full, 500
+//! when the queue could not be reached.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -13,7 +15,8 @@ use super::rapid_fire::{Joined, Waiter, Wake};
 use super::signature::{SIGNATURE_HEADER, SignatureCheck, check_signature};
 use super::verify::{Verification, verify_subscription};
 use super::walk::collect_messages;
-use crate::app::App;
+use crate::app::{App, Dispatch};
+use crate::queue::{QueueError, TurnQueue};
 use crate::turn::{Accepted, Outcome};
 
 impl App {
@@ -101,7 +104,12 @@ impl App {
         }
         let mut worst = Outcome::Settled;
         for (state_key, batch) in by_sender {
-            worst = worst.max(self.serve_sender(&state_key, batch).await);
+            let outcome = match &self.dispatch {
+                Dispatch::Sync => self.serve_sender(&state_key, batch).await,
+                Dispatch::Local(queue) => enqueue(queue.as_ref(), batch).await,
+                Dispatch::Sqs(queue) => enqueue(queue, batch).await,
+            };
+            worst = worst.max(outcome);
         }
         match worst {
             Outcome::Settled => text(StatusCode::OK, "ok"),
@@ -174,6 +182,25 @@ impl App {
         }
         leader.hand_over();
         worst[0]
+    }
+}
+
+/// Hand one sender's messages to the turn queue.
+async fn enqueue(queue: &dyn TurnQueue, batch: Vec<Accepted>) -> Outcome {
+    let refs: Vec<String> = batch.iter().map(|m| m.msg_ref.clone()).collect();
+    match queue.enqueue(batch).await {
+        Ok(()) => {
+            tracing::info!(msgs = ?refs, "queued");
+            Outcome::Settled
+        }
+        Err(e @ QueueError::Full) => {
+            tracing::warn!(error = %e, msgs = ?refs, "not queued: full; Meta delivers again");
+            Outcome::Busy
+        }
+        Err(e) => {
+            tracing::error!(error = %e, msgs = ?refs, "not queued; Meta delivers again");
+            Outcome::Failed
+        }
     }
 }
 

@@ -36,13 +36,20 @@ pub fn retry_config() -> RetryConfig {
 /// chain (Lambda environment, `AWS_PROFILE`, SSO…), `endpoint_url` for local
 /// DynamoDB-compatible servers.
 pub async fn dynamo_client(endpoint_url: Option<&str>) -> Client {
+    Client::new(&aws_sdk_config(endpoint_url).await)
+}
+
+/// The AWS settings every client of this process uses (DynamoDB, SQS): the timeouts
+/// and retries above, the region and credentials from the environment, and
+/// `endpoint_url` (else `AWS_ENDPOINT_URL`) for local stand-ins.
+pub async fn aws_sdk_config(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(timeout_config())
         .retry_config(retry_config());
     if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
-    Client::new(&loader.load().await)
+    loader.load().await
 }
 
 /// Create the table (key `pk` String, on-demand) and enable TTL on `ttl`. Returns

@@ -99,7 +99,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-pub use admin::{create_table, dynamo_client, retry_config, timeout_config};
+pub use admin::{aws_sdk_config, create_table, dynamo_client, retry_config, timeout_config};
 use begin::SenderLease;
 use errors::{classify, is_condition_failed};
 use expressions::{MESSAGE_HELD, names, progress_assignments};

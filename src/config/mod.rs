@@ -14,7 +14,7 @@ use crate::format::Format;
 
 /// The YAML used when `serve` runs without `--config`: memory state, echo engine,
 /// and no access token, so outgoing messages are logged instead of sent.
-pub const LOCAL_DEFAULTS_YAML: &str = include_str!("../config/local.yaml");
+pub const LOCAL_DEFAULTS_YAML: &str = include_str!("../../config/local.yaml");
 
 pub const DEFAULT_PORT: u16 = 9443;
 pub const DEFAULT_GRAPH_API_BASE: &str = "https://graph.facebook.com";
@@ -22,6 +22,12 @@ pub const DEFAULT_GRAPH_API_VERSION: &str = "v21.0";
 pub const DEFAULT_ACCESS_TOKEN_ENV: &str = "WHATSAPP_ACCESS_TOKEN";
 pub const DEFAULT_APP_SECRET_ENV: &str = "WHATSAPP_APP_SECRET";
 pub const DEFAULT_ENGINE_TIMEOUT_SECS: u64 = 25;
+/// Queued turns run in a worker, not inside a webhook request: room for an agent run
+/// with tools, sub-agents and a Tier 3 approval (up to 300 s).
+pub const DEFAULT_QUEUED_ENGINE_TIMEOUT_SECS: u64 = 600;
+/// The message and sender leases of a queued turn outlive the engine's budget by this,
+/// so a live worker is never overtaken.
+pub const QUEUED_LEASE_MARGIN_SECS: u64 = 60;
 pub const DEFAULT_SESSION_IDLE_TTL_HOURS: u64 = 720;
 /// A little above the function timeout (30 s, API Gateway's cut): a holder that is
 /// still alive is never overtaken, a dead one is overtaken soon after.
@@ -63,6 +69,36 @@ pub struct Config {
     pub whatsapp: WhatsAppConfig,
     pub engine: EngineConfig,
     pub state: StateConfig,
+    pub turns: TurnsConfig,
+}
+
+/// Where a turn runs (`turns.mode`): inside the webhook request, or in a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnMode {
+    /// The reply is sent before the webhook answers 200.
+    Sync,
+    /// The webhook hands the turn to a queue and answers 200 at once.
+    Queued,
+}
+
+impl TurnMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnMode::Sync => "sync",
+            TurnMode::Queued => "queued",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnsConfig {
+    pub mode: TurnMode,
+    /// The SQS FIFO queue; `None` in queued serve mode: in-process queues.
+    pub queue_url: Option<String>,
+    /// Another SQS endpoint (local tests); else `AWS_ENDPOINT_URL` or AWS's.
+    pub endpoint_url: Option<String>,
+    /// How long one engine turn may take (`engine.timeout_secs`).
+    pub engine_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +157,16 @@ pub struct RawConfig {
     pub engine: RawEngine,
     #[serde(default)]
     pub state: RawState,
+    #[serde(default)]
+    pub turns: RawTurns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTurns {
+    pub mode: Option<String>,
+    pub queue_url: Option<String>,
+    pub endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +271,9 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "SESSION_IDLE_TTL_HOURS" => "state.session_idle_ttl_hours": parse_u64, |c| c.state.session_idle_ttl_hours;
     "STATE_LEASE_SECS" => "state.lease_secs": parse_u64, |c| c.state.lease_secs;
     "STATE_ORDER_HOLD_SECS" => "state.order_hold_secs": parse_u64, |c| c.state.order_hold_secs;
+    "TURNS_MODE" => "turns.mode": parse_text, |c| c.turns.mode;
+    "TURNS_QUEUE_URL" => "turns.queue_url": parse_text, |c| c.turns.queue_url;
+    "TURNS_ENDPOINT_URL" => "turns.endpoint_url": parse_text, |c| c.turns.endpoint_url;
 };
 
 /// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
@@ -421,22 +470,83 @@ impl RawConfig {
             graph_api_base,
             graph_api_version,
         };
-        let engine = validate_engine(self.engine, env)?;
-        let state = validate_state(self.state, mode)?;
+        let turn_mode = turn_mode(&self.turns, &self.engine)?;
+        let default_timeout = match turn_mode {
+            TurnMode::Sync => DEFAULT_ENGINE_TIMEOUT_SECS,
+            TurnMode::Queued => DEFAULT_QUEUED_ENGINE_TIMEOUT_SECS,
+        };
+        let engine_timeout = self.engine.timeout_secs.unwrap_or(default_timeout);
+        let engine = validate_engine(self.engine, default_timeout, env)?;
+        let default_lease = match turn_mode {
+            TurnMode::Sync => DEFAULT_LEASE_SECS,
+            TurnMode::Queued => engine_timeout + QUEUED_LEASE_MARGIN_SECS,
+        };
+        let state = validate_state(self.state, mode, default_lease)?;
+        let turns = validate_turns(self.turns, turn_mode, mode, engine_timeout)?;
         Ok(Config {
             app,
             whatsapp,
             engine,
             state,
+            turns,
         })
     }
 }
 
+/// `turns.mode`: `auto` (the default) is queued for OpenParallax, whose agent runs
+/// outlast a webhook request, and sync for echo and http.
+fn turn_mode(t: &RawTurns, e: &RawEngine) -> Result<TurnMode, ConfigError> {
+    let mode = t.mode.as_deref().map(str::trim).unwrap_or("auto");
+    match mode.to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(match e.kind.as_deref().map(str::trim) {
+            Some("openparallax") => TurnMode::Queued,
+            _ => TurnMode::Sync,
+        }),
+        "sync" => Ok(TurnMode::Sync),
+        "queued" => Ok(TurnMode::Queued),
+        _ => Err(ConfigError::new(
+            "turns.mode",
+            format!("unknown turn mode {mode:?}"),
+            "use auto, sync or queued (or TURNS_MODE)",
+        )),
+    }
+}
+
+fn validate_turns(
+    t: RawTurns,
+    turn_mode: TurnMode,
+    mode: RunMode,
+    engine_timeout_secs: u64,
+) -> Result<TurnsConfig, ConfigError> {
+    let queue_url = non_empty(t.queue_url);
+    if let Some(url) = &queue_url {
+        check_url("turns.queue_url", url, &["https", "http"])?;
+    }
+    let endpoint_url = non_empty(t.endpoint_url);
+    if let Some(url) = &endpoint_url {
+        check_url("turns.endpoint_url", url, &["http", "https"])?;
+    }
+    if turn_mode == TurnMode::Queued && queue_url.is_none() && mode == RunMode::Lambda {
+        return Err(ConfigError::new(
+            "turns.queue_url",
+            "is missing: queued turns on Lambda need the SQS FIFO queue",
+            "set TURNS_QUEUE_URL to the queue's URL (the template's TurnQueueUrl output), or TURNS_MODE=sync",
+        ));
+    }
+    Ok(TurnsConfig {
+        mode: turn_mode,
+        queue_url,
+        endpoint_url,
+        engine_timeout: Duration::from_secs(engine_timeout_secs),
+    })
+}
+
 fn validate_engine(
     e: RawEngine,
+    default_timeout_secs: u64,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<EngineConfig, ConfigError> {
-    let timeout_secs = e.timeout_secs.unwrap_or(DEFAULT_ENGINE_TIMEOUT_SECS);
+    let timeout_secs = e.timeout_secs.unwrap_or(default_timeout_secs);
     if timeout_secs == 0 {
         return Err(ConfigError::new(
             "engine.timeout_secs",
@@ -494,7 +604,11 @@ fn validate_engine(
     }
 }
 
-fn validate_state(s: RawState, mode: RunMode) -> Result<StateConfig, ConfigError> {
+fn validate_state(
+    s: RawState,
+    mode: RunMode,
+    default_lease_secs: u64,
+) -> Result<StateConfig, ConfigError> {
     let default_kind = match mode {
         RunMode::Serve => "memory",
         RunMode::Lambda => "dynamodb",
@@ -536,7 +650,7 @@ fn validate_state(s: RawState, mode: RunMode) -> Result<StateConfig, ConfigError
             "use e.g. 720 (30 days)",
         ));
     }
-    let lease_secs = s.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
+    let lease_secs = s.lease_secs.unwrap_or(default_lease_secs);
     if lease_secs == 0 {
         return Err(ConfigError::new(
             "state.lease_secs",
@@ -655,262 +769,4 @@ pub fn load(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k: &str| map.get(k).cloned()
-    }
-
-    const FULL: &str = r#"
-channels:
-  whatsapp:
-    enabled: true
-    phone_number_id: "1234567890123456"
-    access_token_env: WHATSAPP_ACCESS_TOKEN
-    verify_token: "my-secret-verify-token"
-    webhook_port: 9443
-    allowed_numbers: ["+1 650-555-1234"]
-    app_secret_env: WHATSAPP_APP_SECRET
-    graph_api_base: "http://127.0.0.1:1234/"
-    graph_api_version: "v21.0"
-engine:
-  kind: http
-  url: "http://127.0.0.1:8080/reply"
-  token_env: ENGINE_TOKEN
-  timeout_secs: 25
-"#;
-
-    fn load_with(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        load(Some(yaml), RunMode::Serve, &env_of(env))
-    }
-
-    #[test]
-    fn full_example_loads() {
-        let cfg = load_with(
-            FULL,
-            &[
-                ("WHATSAPP_ACCESS_TOKEN", "tok"),
-                ("WHATSAPP_APP_SECRET", "s1, s2"),
-                ("ENGINE_TOKEN", "et"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(cfg.app.phone_number_id, "1234567890123456");
-        assert_eq!(cfg.whatsapp.access_token.as_ref().unwrap().expose(), "tok");
-        assert_eq!(cfg.app.app_secrets.len(), 2);
-        assert_eq!(cfg.whatsapp.graph_api_base, "http://127.0.0.1:1234");
-        assert!(cfg.app.allowed_numbers.allows("16505551234"));
-        assert!(matches!(cfg.engine, EngineConfig::Http { ref token, .. } if token.is_some()));
-        assert_eq!(cfg.state.kind, StateKind::Memory);
-    }
-
-    #[test]
-    fn missing_phone_number_id_names_field() {
-        let err = load_with(
-            "channels: {whatsapp: {verify_token: x, allow_unsigned: true}}",
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.phone_number_id");
-        assert!(
-            err.to_string()
-                .starts_with("config: channels.whatsapp.phone_number_id: is missing; fix:")
-        );
-    }
-
-    #[test]
-    fn unset_access_token_env_is_an_error() {
-        let err =
-            load_with(FULL, &[("WHATSAPP_APP_SECRET", "s"), ("ENGINE_TOKEN", "e")]).unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.access_token_env");
-        assert!(err.to_string().contains("WHATSAPP_ACCESS_TOKEN"));
-    }
-
-    #[test]
-    fn empty_verify_token_is_an_error() {
-        let err = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: '  ', allow_unsigned: true}}",
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.verify_token");
-    }
-
-    #[test]
-    fn unknown_engine_kind_is_an_error() {
-        let err = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\nengine: {kind: magic}",
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "engine.kind");
-        assert!(err.problem.contains("magic"));
-    }
-
-    #[test]
-    fn port_not_a_number_is_an_error() {
-        let err = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, webhook_port: abc}}",
-            &[],
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("webhook_port"), "{err}");
-        let err = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}",
-            &[("WEBHOOK_PORT", "eighty")],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "WEBHOOK_PORT");
-    }
-
-    #[test]
-    fn app_secret_required_unless_allow_unsigned() {
-        let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v}}";
-        let err = load_with(yaml, &[]).unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.app_secret_env");
-        assert!(load_with(yaml, &[("WHATSAPP_APP_SECRET", "s")]).is_ok());
-    }
-
-    #[test]
-    fn env_alone_configures_lambda() {
-        let env = env_of(&[
-            ("WHATSAPP_PHONE_NUMBER_ID", "42"),
-            ("WHATSAPP_VERIFY_TOKEN", "v"),
-            ("WHATSAPP_ACCESS_TOKEN", "t"),
-            ("WHATSAPP_APP_SECRET", "s"),
-            ("WHATSAPP_ALLOWED_NUMBERS", "+1 650-555-1234,447700900555"),
-            ("TABLE_NAME", "tbl"),
-            ("ENGINE_KIND", "echo"),
-        ]);
-        let cfg = load(None, RunMode::Lambda, &env).unwrap();
-        assert_eq!(cfg.app.phone_number_id, "42");
-        assert!(cfg.app.allowed_numbers.allows("447700900555"));
-        assert_eq!(
-            cfg.state.kind,
-            StateKind::DynamoDb {
-                table: "tbl".into(),
-                endpoint_url: None
-            }
-        );
-    }
-
-    #[test]
-    fn rapid_fire_window_and_order_hold_from_yaml_and_env() {
-        let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, combine_window_ms: 1500}}\nstate: {order_hold_secs: 60}";
-        let cfg = load_with(yaml, &[]).unwrap();
-        assert_eq!(cfg.app.combine_window, Duration::from_millis(1500));
-        assert_eq!(cfg.state.order_hold, Duration::from_secs(60));
-        let cfg = load_with(
-            yaml,
-            &[
-                ("WHATSAPP_COMBINE_WINDOW_MS", "0"),
-                ("STATE_ORDER_HOLD_SECS", "0"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(cfg.app.combine_window, Duration::ZERO);
-        assert_eq!(cfg.state.order_hold, Duration::ZERO);
-        let defaults = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}",
-            &[],
-        )
-        .unwrap();
-        assert_eq!(defaults.app.combine_window, Duration::ZERO);
-        assert_eq!(defaults.state.order_hold, crate::state::DEFAULT_ORDER_HOLD);
-    }
-
-    #[test]
-    fn too_long_rapid_fire_window_is_an_error() {
-        let err = load_with(
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true, combine_window_ms: 60000}}",
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.combine_window_ms");
-        assert!(err.to_string().contains("fix: use 0"), "{err}");
-    }
-
-    #[test]
-    fn lambda_requires_access_token() {
-        let env = env_of(&[
-            ("WHATSAPP_PHONE_NUMBER_ID", "42"),
-            ("WHATSAPP_VERIFY_TOKEN", "v"),
-            ("WHATSAPP_APP_SECRET", "s"),
-            ("TABLE_NAME", "tbl"),
-        ]);
-        let err = load(None, RunMode::Lambda, &env).unwrap_err();
-        assert_eq!(err.field, "channels.whatsapp.access_token_env");
-    }
-
-    #[test]
-    fn openparallax_engine_needs_url_and_its_password_env() {
-        let base =
-            "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\n";
-        let err = load_with(&format!("{base}engine: {{kind: openparallax}}"), &[]).unwrap_err();
-        assert_eq!(err.field, "engine.url");
-        let yaml = format!(
-            "{base}engine: {{kind: openparallax, url: 'ws://10.0.0.5:3100/api/ws', password_env: OP_PASS}}"
-        );
-        let err = load_with(&yaml, &[]).unwrap_err();
-        assert_eq!(err.field, "engine.password_env");
-        assert!(err.to_string().contains("OP_PASS"));
-        let cfg = load_with(&yaml, &[("OP_PASS", "pw")]).unwrap();
-        assert!(
-            matches!(cfg.engine, EngineConfig::OpenParallax { ref password, .. } if password.is_some())
-        );
-        let err = load_with(
-            &format!("{base}engine: {{kind: openparallax, url: 'ftp://x'}}"),
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "engine.url");
-    }
-
-    #[test]
-    fn every_env_override_sets_its_own_field() {
-        for o in ENV_OVERRIDES {
-            let leaf = o.field.rsplit('.').next().unwrap_or(o.field);
-            // A value each parser takes: a boolean, a number or text.
-            let applied = ["true", "7", "x"].iter().find_map(|value| {
-                let mut raw = RawConfig::default();
-                raw.apply_env(&env_of(&[(o.name, value)])).ok()?;
-                Some(format!("{raw:?}"))
-            });
-            let applied = applied.unwrap_or_else(|| panic!("{} takes no value", o.name));
-            assert!(
-                applied.contains(&format!("{leaf}: Some(")),
-                "{} did not set {}: {applied}",
-                o.name,
-                o.field
-            );
-            assert_eq!(
-                applied.matches(": Some(").count(),
-                1,
-                "{} set more than {}",
-                o.name,
-                o.field
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_field_is_rejected() {
-        let err = load_with("channels: {whatsapp: {phone_numbr_id: '1'}}", &[]).unwrap_err();
-        assert!(err.to_string().contains("phone_numbr_id"), "{err}");
-    }
-
-    #[test]
-    fn local_defaults_load_without_any_env() {
-        let cfg = load(Some(LOCAL_DEFAULTS_YAML), RunMode::Serve, &env_of(&[])).unwrap();
-        assert!(cfg.whatsapp.access_token.is_none());
-        assert!(matches!(cfg.engine, EngineConfig::Echo));
-        assert_eq!(cfg.state.kind, StateKind::Memory);
-        assert_eq!(cfg.whatsapp.webhook_port, 9443);
-    }
-}
+mod tests;
