@@ -254,3 +254,72 @@ fn local_defaults_load_without_any_env() {
     assert_eq!(cfg.state.kind, StateKind::Memory);
     assert_eq!(cfg.whatsapp.webhook_port, 9443);
 }
+
+const LAMBDA_ENV: &[(&str, &str)] = &[
+    ("WHATSAPP_PHONE_NUMBER_ID", "42"),
+    ("WHATSAPP_VERIFY_TOKEN", "v"),
+    ("WHATSAPP_ACCESS_TOKEN", "t"),
+    ("WHATSAPP_APP_SECRET", "s"),
+    ("TABLE_NAME", "tbl"),
+];
+
+fn lambda_with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut pairs = LAMBDA_ENV.to_vec();
+    pairs.extend_from_slice(extra);
+    load(None, RunMode::Lambda, &env_of(&pairs))
+}
+
+#[test]
+fn auto_turns_are_queued_for_openparallax_and_sync_otherwise() {
+    let sync = lambda_with(&[("ENGINE_KIND", "echo")]).unwrap();
+    assert_eq!(sync.turns.mode, TurnMode::Sync);
+    assert_eq!(sync.turns.engine_timeout, Duration::from_secs(25));
+    assert_eq!(sync.state.lease, Duration::from_secs(DEFAULT_LEASE_SECS));
+    let queued = lambda_with(&[
+        ("ENGINE_KIND", "openparallax"),
+        ("ENGINE_URL", "ws://127.0.0.1:3100/api/ws"),
+        (
+            "TURNS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/t.fifo",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(queued.turns.mode, TurnMode::Queued);
+    assert_eq!(queued.turns.engine_timeout, Duration::from_secs(600));
+    assert_eq!(
+        queued.state.lease,
+        Duration::from_secs(660),
+        "outlives the turn"
+    );
+    // Explicit values win over the mode's defaults.
+    let forced = lambda_with(&[
+        ("ENGINE_KIND", "openparallax"),
+        ("ENGINE_URL", "ws://127.0.0.1:3100/api/ws"),
+        ("TURNS_MODE", "sync"),
+    ])
+    .unwrap();
+    assert_eq!(forced.turns.mode, TurnMode::Sync);
+    let timed = lambda_with(&[
+        ("TURNS_MODE", "queued"),
+        (
+            "TURNS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/t.fifo",
+        ),
+        ("ENGINE_TIMEOUT_SECS", "120"),
+    ])
+    .unwrap();
+    assert_eq!(timed.state.lease, Duration::from_secs(180));
+}
+
+#[test]
+fn queued_lambda_without_a_queue_refuses_to_start_with_one_line() {
+    let err = lambda_with(&[("TURNS_MODE", "queued")]).unwrap_err();
+    assert_eq!(err.field, "turns.queue_url");
+    assert!(err.to_string().contains("TURNS_QUEUE_URL"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    // serve runs queued turns in-process without a queue.
+    let yaml = "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}\nturns: {mode: queued}";
+    assert_eq!(load_with(yaml, &[]).unwrap().turns.queue_url, None);
+    let err = lambda_with(&[("TURNS_MODE", "later")]).unwrap_err();
+    assert_eq!(err.field, "turns.mode");
+}

@@ -11,13 +11,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use serde_json::{Value, json};
-use whatsapp_webhook::app::{App, AppOptions};
+use whatsapp_webhook::app::{App, AppOptions, Dispatch};
 use whatsapp_webhook::domain::Secret;
 use whatsapp_webhook::engine::{Engine, HttpEngine};
 use whatsapp_webhook::graph::{GraphClient, Messenger, RetryPolicy};
+use whatsapp_webhook::queue::{LocalQueue, SqsQueue};
 use whatsapp_webhook::state::{MemoryStore, SessionStore};
 use whatsapp_webhook::testing::signed_post;
 pub use whatsapp_webhook::testing::{GatedEngine, TestClock};
+use whatsapp_webhook::turn::TurnRunner;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -42,7 +44,11 @@ pub struct Harness {
     pub clock: TestClock,
 }
 
+/// How the app under test dispatches turns (sync when `None`).
+pub type MakeDispatch = Box<dyn FnOnce(Arc<TurnRunner>) -> Dispatch>;
+
 pub struct HarnessBuilder {
+    dispatch: Option<MakeDispatch>,
     options: AppOptions,
     store: Option<Arc<dyn SessionStore>>,
     engine: Option<Arc<dyn Engine>>,
@@ -66,6 +72,21 @@ impl HarnessBuilder {
     }
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+    /// Queued mode on in-process queues (as `serve` without a queue URL), retrying
+    /// failed turns at once.
+    pub fn queued_local(mut self) -> Self {
+        self.dispatch = Some(Box::new(|runner| {
+            Dispatch::Local(Arc::new(
+                LocalQueue::new(runner, 1000).with_retry_delay(|_| Duration::ZERO),
+            ))
+        }));
+        self
+    }
+    /// Queued mode on an SQS queue.
+    pub fn queued_sqs(mut self, queue: SqsQueue) -> Self {
+        self.dispatch = Some(Box::new(move |_| Dispatch::Sqs(queue)));
         self
     }
     /// Reuse a mock server (its mocks and recorded requests), e.g. across a "restart".
@@ -110,7 +131,10 @@ impl HarnessBuilder {
                 Duration::from_secs(720 * 3600),
             ))
         });
-        let app = App::new(self.options, store, engine, messenger, self.clock.clock());
+        let mut app = App::new(self.options, store, engine, messenger, self.clock.clock());
+        if let Some(dispatch) = self.dispatch {
+            app = app.with_dispatch(dispatch);
+        }
         Harness {
             app: Arc::new(app),
             server,
@@ -122,6 +146,7 @@ impl HarnessBuilder {
 impl Harness {
     pub fn builder() -> HarnessBuilder {
         HarnessBuilder {
+            dispatch: None,
             options: options(),
             store: None,
             engine: None,

@@ -19,5 +19,6 @@ mod openparallax_engine;
 mod openparallax_webhook;
 mod payload_proptest;
 mod privacy;
+mod queued;
 mod serve;
 mod webhook;

@@ -157,6 +157,38 @@ pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config_builder(endpoint).build())
 }
 
+/// An SQS client for moto at `endpoint` (test credentials, us-east-1).
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// A new SQS FIFO queue (no content-based deduplication, as the template's); its URL.
+pub async fn fresh_fifo_queue(client: &aws_sdk_sqs::Client) -> String {
+    let name = format!("turns-{}.fifo", uuid::Uuid::new_v4().simple());
+    client
+        .create_queue()
+        .queue_name(name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "900",
+        )
+        .send()
+        .await
+        .expect("create_queue")
+        .queue_url()
+        .expect("queue url")
+        .to_string()
+}
+
 /// A new table with a unique name, created the way production creates it.
 pub async fn fresh_table(client: &aws_sdk_dynamodb::Client) -> String {
     let table = format!("test-{}", uuid::Uuid::new_v4().simple());

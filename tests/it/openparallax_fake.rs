@@ -33,6 +33,11 @@ pub enum Step {
     Hold,
     /// Close the WebSocket.
     Close,
+    /// The run works this long (tools, sub-agents, an approval) before its next
+    /// event. As in the real engine, the run goes on if the client goes away
+    /// meanwhile: its later events wait for the next socket that sends a message on
+    /// the same session (`internal/web/websocket.go`, `internal/engine/broadcaster.go`).
+    Work(Duration),
 }
 
 pub type Script = Arc<dyn Fn(&str) -> Vec<Step> + Send + Sync>;
@@ -44,6 +49,10 @@ pub struct State {
     refused_upgrades: AtomicUsize,
     /// `Some(token)`: the engine requires `Cookie: op_session=token`.
     valid_token: Mutex<Option<String>>,
+    /// Events of runs whose socket went away, per session, for the next socket.
+    orphaned: Mutex<std::collections::HashMap<String, Vec<Step>>>,
+    /// Runs that went through all their steps (with or without their socket).
+    finished_runs: AtomicUsize,
 }
 
 pub struct Fake {
@@ -70,6 +79,8 @@ impl Fake {
             logins: AtomicUsize::new(0),
             refused_upgrades: AtomicUsize::new(0),
             valid_token: Mutex::new(token.map(str::to_string)),
+            orphaned: Mutex::new(std::collections::HashMap::new()),
+            finished_runs: AtomicUsize::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -86,6 +97,26 @@ impl Fake {
 
     pub fn logins(&self) -> usize {
         self.state.logins.load(Ordering::SeqCst)
+    }
+
+    /// Runs that ran to their end, whether or not anyone was still listening.
+    pub fn finished_runs(&self) -> usize {
+        self.state.finished_runs.load(Ordering::SeqCst)
+    }
+
+    /// Events of abandoned runs waiting for the next socket on `session`.
+    pub fn orphaned_events(&self, session: &str) -> usize {
+        self.state
+            .orphaned
+            .lock()
+            .expect("lock")
+            .get(session)
+            .map_or(0, Vec::len)
+    }
+
+    /// Whether the client sent another message frame (without waiting).
+    pub fn has_frame(&mut self) -> bool {
+        self.frames.try_recv().is_ok()
     }
 
     pub fn refused_upgrades(&self) -> usize {
@@ -227,15 +258,60 @@ async fn websocket(stream: TcpStream, state: Arc<State>) {
     let session = frame["session_id"].as_str().unwrap_or_default().to_string();
     let _ = state.frames.send(frame);
 
-    for step in (state.script)(&session) {
+    // Events of an earlier run on this session that lost its socket come first.
+    let leftovers = state
+        .orphaned
+        .lock()
+        .expect("lock")
+        .remove(&session)
+        .unwrap_or_default();
+    let mut steps: std::collections::VecDeque<Step> = leftovers
+        .into_iter()
+        .chain((state.script)(&session))
+        .collect();
+    while let Some(step) = steps.pop_front() {
         let sent = match step {
+            Step::Work(time) => {
+                let client_left = tokio::select! {
+                    _ = tokio::time::sleep(time) => false,
+                    left = client_gone(&mut ws) => left,
+                };
+                if client_left {
+                    // The run goes on without its socket.
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(time).await;
+                        let mut rest = Vec::new();
+                        for step in steps {
+                            match step {
+                                Step::Work(more) => tokio::time::sleep(more).await,
+                                Step::Json(_) | Step::Raw(_) => rest.push(step),
+                                _ => {}
+                            }
+                        }
+                        state
+                            .orphaned
+                            .lock()
+                            .expect("lock")
+                            .entry(session)
+                            .or_default()
+                            .extend(rest);
+                        state.finished_runs.fetch_add(1, Ordering::SeqCst);
+                    });
+                    return;
+                }
+                Ok(())
+            }
             Step::Json(value) => ws.send(Message::text(value.to_string())).await,
             Step::Raw(text) => ws.send(Message::text(text)).await,
             Step::Ping => {
                 ws.send(Message::Ping(b"are you there".to_vec().into()))
                     .await
             }
-            Step::Hold => break,
+            Step::Hold => {
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
             Step::Close => {
                 let _ = ws.close(None).await;
                 return;
@@ -245,8 +321,23 @@ async fn websocket(stream: TcpStream, state: Arc<State>) {
             return;
         }
     }
+    state.finished_runs.fetch_add(1, Ordering::SeqCst);
     // Keep the connection open until the client is done with it.
     while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// Resolves `true` once the client closed or dropped the socket (frames it sends
+/// meanwhile are read and ignored).
+async fn client_gone<S>(ws: &mut S) -> bool
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+            Some(Ok(_)) => continue,
+        }
+    }
 }
 
 pub fn token(session: &str, text: &str) -> Step {
