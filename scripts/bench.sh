@@ -267,6 +267,51 @@ for c in "${CONCURRENCY[@]}"; do
 done
 put text_suite_hwm_kb "$(vm_kb "$server" VmHWM)"
 stop "$server"
+
+# --------------------------------------------------------------- queued acknowledgements
+# turns.mode: queued: the webhook answers once the turn is queued. Memory state with
+# in-process queues, then moto_server's DynamoDB and SQS FIFO (the serve process also
+# runs the worker, polling the queue). The figure is the webhook's answer time, c=16.
+note "queued turns: acknowledgement latency (in-process queue; moto SQS + DynamoDB)"
+queued_config() { # queued_config FILE STATE_YAML TURNS_YAML
+    sed -e '/^state:/,$d' "$out/text-config.yaml" >"$1"
+    printf '%s\n%s\n' "$2" "$3" >>"$1"
+}
+queued_config "$out/queued-memory.yaml" $'state:\n  kind: memory' $'turns:\n  mode: queued'
+ensure_free "$PORT"
+start serve-queued-memory env BENCH_GRAPH_TOKEN=x NO_COLOR=1 "$bin" serve --config "$out/queued-memory.yaml"
+server=$last_pid
+wait_port "$PORT"
+wrk_run warm 16 "$WARMUP" "$url" BENCH_MODE=text BENCH_TAG="qmw.$$" BENCH_TEMPLATE_FILE="$out/text-template.json"
+wrk_run queued_memory_c16 16 "$DURATION" "$url" BENCH_MODE=text BENCH_TAG="qm.$$" \
+    BENCH_TEMPLATE_FILE="$out/text-template.json"
+stop "$server"
+bash scripts/ensure-moto.sh >/dev/null
+MOTO_PORT=$((PORT + 3))
+ensure_free "$MOTO_PORT"
+start moto "$root/.venv/bin/python" scripts/moto-serialized.py -H 127.0.0.1 -p "$MOTO_PORT"
+moto=$last_pid
+wait_port "$MOTO_PORT"
+moto_url="http://127.0.0.1:$MOTO_PORT"
+queue_url=$(AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test "$root/.venv/bin/python" - "$moto_url" <<'PY'
+import boto3, sys
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1], region_name="us-east-1")
+print(sqs.create_queue(QueueName="bench-turns.fifo", Attributes={"FifoQueue": "true", "VisibilityTimeout": "900"})["QueueUrl"])
+PY
+)
+queued_config "$out/queued-moto.yaml" $'state:\n  kind: dynamodb\n  table: bench-turns\n  endpoint_url: '"$moto_url" \
+    $'turns:\n  mode: queued\n  queue_url: '"$queue_url"$'\n  endpoint_url: '"$moto_url"
+aws_env=(AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1)
+env "${aws_env[@]}" "$bin" create-table --config "$out/queued-moto.yaml" >/dev/null
+ensure_free "$PORT"
+start serve-queued-moto env "${aws_env[@]}" BENCH_GRAPH_TOKEN=x NO_COLOR=1 "$bin" serve --config "$out/queued-moto.yaml"
+server=$last_pid
+wait_port "$PORT"
+wrk_run warm 16 "$WARMUP" "$url" BENCH_MODE=text BENCH_TAG="qdw.$$" BENCH_TEMPLATE_FILE="$out/text-template.json"
+wrk_run queued_moto_c16 16 "$DURATION" "$url" BENCH_MODE=text BENCH_TAG="qd.$$" \
+    BENCH_TEMPLATE_FILE="$out/text-template.json"
+stop "$server"
+stop "$moto"
 stop "$stub"
 
 # --------------------------------------------------------------- in-process handler
@@ -360,6 +405,16 @@ def load(key, label, target_rps=None):
 load("get", "Local server: verify GETs", 20_000)
 load("status", "Local server: signed status POSTs (status-delivered.json, test secret)", 10_000)
 load("text", "Local server: text POSTs, echo engine, Graph stub — **signature check off** (allow_unsigned, no app secret), unique id + sender per request")
+
+for key, label in (("queued_memory_c16", "memory state, in-process queues"),
+                   ("queued_moto_c16", "moto_server DynamoDB + SQS FIFO, worker polling in the same process")):
+    if num(f"{key}_p50_us") is None:
+        continue
+    errors = sum(int(num(f"{key}_err_{e}") or 0) for e in ("status", "connect", "read", "write", "timeout"))
+    measured = f"median {num(f'{key}_p50_us') / 1000:.2f} ms; p99 {num(f'{key}_p99_us') / 1000:.2f} ms; {num(f'{key}_rps'):,.0f} req/s"
+    if errors:
+        measured += f"; **{errors} errors/non-2xx**"
+    row(f"Queued turns: webhook acknowledgement, text POSTs at c=16 ({label})", measured)
 
 row("DynamoDB requests per ordinary text message",
     "3 (counted by tests/it/dynamodb_webhook.rs::an_ordinary_text_message_costs_three_dynamodb_requests)")
