@@ -289,7 +289,9 @@ stop "$server"
 bash scripts/ensure-moto.sh >/dev/null
 MOTO_PORT=$((PORT + 3))
 ensure_free "$MOTO_PORT"
-start moto "$root/.venv/bin/python" scripts/moto-serialized.py -H 127.0.0.1 -p "$MOTO_PORT"
+# Plain moto_server: the serializing proxy of the tests would hold every request behind
+# the poller's 20 s long poll (ReceiveMessage).
+start moto "$root/.venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
 moto=$last_pid
 wait_port "$MOTO_PORT"
 moto_url="http://127.0.0.1:$MOTO_PORT"
@@ -302,7 +304,7 @@ PY
 queued_config "$out/queued-moto.yaml" $'state:\n  kind: dynamodb\n  table: bench-turns\n  endpoint_url: '"$moto_url" \
     $'turns:\n  mode: queued\n  queue_url: '"$queue_url"$'\n  endpoint_url: '"$moto_url"
 aws_env=(AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1)
-env "${aws_env[@]}" "$bin" create-table --config "$out/queued-moto.yaml" >/dev/null
+env "${aws_env[@]}" BENCH_GRAPH_TOKEN=x "$bin" create-table --config "$out/queued-moto.yaml" >/dev/null
 ensure_free "$PORT"
 start serve-queued-moto env "${aws_env[@]}" BENCH_GRAPH_TOKEN=x NO_COLOR=1 "$bin" serve --config "$out/queued-moto.yaml"
 server=$last_pid
