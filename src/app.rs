@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
 use crate::queue::{LocalQueue, SqsQueue};
+
 use crate::split::MAX_PART_UTF16;
 use crate::state::SessionStore;
 use crate::turn::{Accepted, Outcome, TurnOptions, TurnRunner};
@@ -137,17 +138,8 @@ impl App {
         }
     }
 
-    /// Queue turns instead of answering them inside the request: on `queue`, or
-    /// (`None`) on in-process per-sender queues of at most `local_limit` messages.
-    pub fn queued(mut self, queue: Option<SqsQueue>, local_limit: usize) -> Self {
-        self.dispatch = match queue {
-            Some(queue) => Dispatch::Sqs(queue),
-            None => Dispatch::Local(Arc::new(LocalQueue::new(self.turns.clone(), local_limit))),
-        };
-        self
-    }
-
-    /// Queue turns on `queue` (tests: a local queue with a short retry delay).
+    /// Where accepted messages go (sync unless set); built from the turn runner,
+    /// which queue workers share.
     pub fn with_dispatch(mut self, dispatch: impl FnOnce(Arc<TurnRunner>) -> Dispatch) -> Self {
         self.dispatch = dispatch(self.turns.clone());
         self

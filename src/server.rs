@@ -12,8 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::app::{App, Dispatch};
-use crate::queue::sqs::Received;
-use crate::queue::worker::{Delivered, run_batch};
+use crate::queue::sqs::{Received, run_received};
 use aws_lambda_events::sqs::SqsEvent;
 
 /// Largest POST body accepted: Lambda's own request cap (6 MB) is the ceiling in
@@ -269,32 +268,19 @@ async fn sqs_event(
                 .unwrap_or(1),
         })
         .collect();
-    let settled = match app.dispatch() {
+    let settled = run_received(app.turns(), &jobs, start_by).await;
+    match app.dispatch() {
         Dispatch::Sqs(queue) => {
-            let settled = queue.run(app.turns(), &jobs, start_by).await;
             let again: Vec<&Received> = jobs
                 .iter()
                 .zip(&settled)
-                .filter(|(_, s)| !**s)
-                .map(|(j, _)| j)
+                .filter(|(_, settled)| !**settled)
+                .map(|(job, _)| job)
                 .collect();
             queue.retry_soon(&again).await;
-            settled
         }
-        _ => {
-            tracing::warn!(
-                "an SQS batch reached a function without turns.queue_url; running it anyway"
-            );
-            let delivered: Vec<Delivered<'_>> = jobs
-                .iter()
-                .map(|j| Delivered {
-                    body: &j.body,
-                    receive_count: j.receive_count,
-                })
-                .collect();
-            run_batch(app.turns(), &delivered, start_by).await
-        }
-    };
+        _ => tracing::warn!("an SQS batch reached a function without turns.queue_url"),
+    }
     let failures: Vec<serde_json::Value> = records
         .iter()
         .zip(settled)

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{App, AppOptions};
+use crate::app::{App, AppOptions, Dispatch};
 use crate::config::{Config, EngineConfig, QUEUED_LEASE_MARGIN_SECS, StateKind, TurnMode};
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
-use crate::queue::SqsQueue;
 use crate::queue::local::DEFAULT_LIMIT;
+use crate::queue::{LocalQueue, SqsQueue};
 use crate::state::dynamodb::{aws_sdk_config, dynamo_client};
 use crate::state::{DynamoStore, MemoryStore, SessionStore, unix_now};
 
@@ -120,7 +120,10 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
                 engine_timeout_secs = turns.engine_timeout.as_secs(),
                 "queued turns"
             );
-            app.queued(queue, DEFAULT_LIMIT)
+            app.with_dispatch(|runner| match queue {
+                Some(queue) => Dispatch::Sqs(queue),
+                None => Dispatch::Local(Arc::new(LocalQueue::new(runner, DEFAULT_LIMIT))),
+            })
         }
     })
 }

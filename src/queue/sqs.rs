@@ -59,24 +59,6 @@ impl SqsQueue {
         self.turn_budget
     }
 
-    /// Run delivered jobs, then delete the settled ones and let the others come back
-    /// after a short pause. Returns which were settled.
-    pub async fn run(
-        &self,
-        runner: &TurnRunner,
-        jobs: &[Received],
-        start_by: Option<tokio::time::Instant>,
-    ) -> Vec<bool> {
-        let delivered: Vec<Delivered<'_>> = jobs
-            .iter()
-            .map(|j| Delivered {
-                body: &j.body,
-                receive_count: j.receive_count,
-            })
-            .collect();
-        run_batch(runner, &delivered, start_by).await
-    }
-
     /// Delete the settled jobs (a poller must; Lambda deletes what its response does
     /// not name as failed).
     pub async fn delete(&self, jobs: &[&Received]) {
@@ -153,7 +135,7 @@ impl SqsQueue {
             if jobs.is_empty() {
                 continue;
             }
-            let settled = self.run(&runner, &jobs, None).await;
+            let settled = run_received(&runner, &jobs, None).await;
             let (done, again): (Vec<_>, Vec<_>) = jobs.iter().zip(settled).partition(|(_, s)| *s);
             let done: Vec<&Received> = done.into_iter().map(|(j, _)| j).collect();
             let again: Vec<&Received> = again.into_iter().map(|(j, _)| j).collect();
@@ -191,6 +173,22 @@ impl SqsQueue {
             })
             .collect())
     }
+}
+
+/// Run jobs as SQS delivered them; which were settled ([`run_batch`]).
+pub async fn run_received(
+    runner: &TurnRunner,
+    jobs: &[Received],
+    start_by: Option<tokio::time::Instant>,
+) -> Vec<bool> {
+    let delivered: Vec<Delivered<'_>> = jobs
+        .iter()
+        .map(|j| Delivered {
+            body: &j.body,
+            receive_count: j.receive_count,
+        })
+        .collect();
+    run_batch(runner, &delivered, start_by).await
 }
 
 #[async_trait]
