@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, Dispatch};
 use crate::queue::sqs::{Received, run_received};
+use crate::webhook::edge::text;
 use aws_lambda_events::sqs::SqsEvent;
 
 /// Largest POST body accepted: Lambda's own request cap (6 MB) is the ceiling in
@@ -171,22 +172,6 @@ pub fn from_lambda(request: lambda_http::Request) -> Request<Bytes> {
     Request::from_parts(parts, bytes)
 }
 
-/// Convert the app's response into what lambda_http returns to API Gateway.
-pub fn to_lambda(response: Response<Bytes>) -> Response<lambda_http::Body> {
-    response.map(|b| match String::from_utf8(b.to_vec()) {
-        Ok(text) => lambda_http::Body::Text(text),
-        Err(e) => lambda_http::Body::Binary(e.into_bytes()),
-    })
-}
-
-/// One Lambda invocation: the app is built once per container and borrowed here.
-pub async fn lambda_handler(
-    app: &App,
-    request: lambda_http::Request,
-) -> Result<Response<lambda_http::Body>, Infallible> {
-    Ok(to_lambda(app.handle(from_lambda(request)).await))
-}
-
 /// Run as a Lambda function until the runtime stops the process. One function
 /// serves both event kinds, told apart by their shape: API Gateway / Function URL
 /// requests (the webhook) and SQS batches (the queued-turn worker).
@@ -229,7 +214,7 @@ pub async fn lambda_event(
         Ok(request) => app.handle(from_lambda(request.into())).await,
         Err(e) => {
             tracing::error!(error = %crate::engine::json_problem(&e), "event is neither an HTTP request nor an SQS batch");
-            plain_bytes(StatusCode::BAD_REQUEST, "unknown event")
+            text(StatusCode::BAD_REQUEST, "unknown event")
         }
     };
     http_response_json(response)
@@ -256,18 +241,7 @@ async fn sqs_event(
             Vec::new()
         }
     };
-    let jobs: Vec<Received> = records
-        .iter()
-        .map(|r| Received {
-            body: r.body.clone().unwrap_or_default(),
-            receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
-            receive_count: r
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1),
-        })
-        .collect();
+    let jobs: Vec<Received> = records.iter().map(Received::from_record).collect();
     let settled = run_received(app.turns(), &jobs, start_by).await;
     match app.dispatch() {
         Dispatch::Sqs(queue) => {
@@ -303,10 +277,4 @@ fn http_response_json(response: Response<Bytes>) -> serde_json::Value {
     serde_json::json!({
         "statusCode": status, "headers": headers, "body": body, "isBase64Encoded": false
     })
-}
-
-fn plain_bytes(status: StatusCode, body: &'static str) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
-    *response.status_mut() = status;
-    response
 }

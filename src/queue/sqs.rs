@@ -46,6 +46,22 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+/// The receive count SQS reports (`ApproximateReceiveCount`), 1 when absent.
+fn receive_count(count: Option<&String>) -> u32 {
+    count.and_then(|c| c.parse().ok()).unwrap_or(1)
+}
+
+impl Received {
+    /// A record of a Lambda SQS event.
+    pub fn from_record(record: &aws_lambda_events::sqs::SqsMessage) -> Self {
+        Received {
+            body: record.body.clone().unwrap_or_default(),
+            receipt_handle: record.receipt_handle.clone().unwrap_or_default(),
+            receive_count: receive_count(record.attributes.get("ApproximateReceiveCount")),
+        }
+    }
+}
+
 impl SqsQueue {
     pub fn new(client: Client, queue_url: String, turn_budget: Duration) -> Self {
         SqsQueue {
@@ -164,11 +180,11 @@ impl SqsQueue {
                 Some(Received {
                     body: m.body()?.to_string(),
                     receipt_handle: m.receipt_handle()?.to_string(),
-                    receive_count: m
-                        .attributes()
-                        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(1),
+                    receive_count: receive_count(
+                        m.attributes().and_then(|a| {
+                            a.get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                        }),
+                    ),
                 })
             })
             .collect())

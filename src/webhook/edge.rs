@@ -209,7 +209,7 @@ fn is_webhook_path(path: &str) -> bool {
     path == "/" || path.trim_end_matches('/').ends_with("/webhook")
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(
