@@ -3,10 +3,12 @@
 //! values that must never reach a log. Nothing here imports an adapter (`state`,
 //! `engine`, `graph`, `webhook`, `server`) or `config`: they all depend on this.
 
+pub mod approval;
 pub mod phone;
 pub mod secret;
 pub mod session;
 
+pub use approval::{ApprovalRequest, Decision};
 pub use phone::{AllowList, Recipient, canonical_number, digits, mask};
 pub use secret::Secret;
 pub use session::{Mode, SessionRecord};

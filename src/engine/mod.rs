@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::Mode;
+use crate::domain::{ApprovalRequest, Decision, Mode};
 
 pub mod echo;
 pub mod http;
@@ -81,9 +81,18 @@ impl EngineError {
     }
 }
 
-/// Where an engine puts messages for the user that cannot wait for the reply
-/// (e.g. "this action needs approval"); the handler sends them as they come.
-pub type Notices = tokio::sync::mpsc::UnboundedSender<String>;
+/// Something for the user that cannot wait for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A text to send as it is.
+    Text(String),
+    /// The engine waits for the user's approval of an action (OpenParallax Tier 3).
+    Approval(ApprovalRequest),
+}
+
+/// Where an engine puts [`Notice`]s while it works; the turn runner sends them as
+/// they come.
+pub type Notices = tokio::sync::mpsc::UnboundedSender<Notice>;
 
 #[async_trait]
 pub trait Engine: Send + Sync {
@@ -99,6 +108,15 @@ pub trait Engine: Send + Sync {
     ) -> Result<String, EngineError> {
         let _ = notices;
         self.reply(turn).await
+    }
+
+    /// Pass the user's decision on an approval request to the engine. Engines that
+    /// never ask for approvals refuse.
+    async fn decide(&self, action_id: &str, decision: Decision) -> Result<(), EngineError> {
+        let _ = (action_id, decision);
+        Err(EngineError::Unreachable(
+            "this engine does not take approval decisions".into(),
+        ))
     }
 }
 

@@ -6,7 +6,7 @@ use super::runner::TurnRunner;
 use super::{Action, Delivery, Outcome};
 use crate::commands::{Command, LOST_TEXT, SLOW_TEXT, UNAVAILABLE_TEXT};
 use crate::domain::{Mode, Recipient, SessionRecord, mask};
-use crate::engine::{EngineError, Turn};
+use crate::engine::{APPROVAL_NOTICE, EngineError, Notice, Turn};
 use crate::format::{FENCE_HEADROOM, convert, rebalance_fences};
 use crate::graph::SendError;
 use crate::split::split_reply;
@@ -175,7 +175,11 @@ impl TurnRunner {
             tokio::select! {
                 result = &mut reply => return result,
                 Some(notice) = pending.recv() => {
-                    if let Err(e) = self.messenger.send_text(to, &notice).await {
+                    let text = match notice {
+                        Notice::Text(text) => text,
+                        Notice::Approval(_) => APPROVAL_NOTICE.to_string(),
+                    };
+                    if let Err(e) = self.messenger.send_text(to, &text).await {
                         tracing::warn!(error = %e, msg = %msg_ref, "could not send an interim notice");
                     }
                 }

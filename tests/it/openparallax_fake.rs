@@ -1,11 +1,31 @@
-//! A fake OpenParallax engine for tests: a real WebSocket server (and a hand-written
-//! `POST /api/login` route on the same port) on 127.0.0.1. Everything it observes
-//! (client frames, login attempts, refused upgrades) is reported back to the test
-//! body, where the assertions are made.
+//! A fake OpenParallax engine for tests: a real WebSocket server (and the login route
+//! on the same port) on 127.0.0.1 that behaves as the engine's source does (HEAD
+//! 6e965b6; paths are in `openparallax/openparallax`):
+//! - each message becomes a run with an engine-made id `msg-N`, announced to every
+//!   socket by a `log_entry` `ws_message_received` before its events
+//!   (`internal/web/websocket.go` `handleWSMessage`, `internal/web/server.go`
+//!   `broadcastLogEntry`);
+//! - a run's events go to every socket subscribed to its session, a socket being
+//!   subscribed once it sent a message on it; the run goes on when its socket closes
+//!   or sends `cancel` (`internal/engine/engine_tools.go`, `broadcaster.go`);
+//! - the agent runs one message at a time for the whole engine
+//!   (`cmd/agent/internal_agent.go`);
+//! - Tier 3: `tier3_approval_required` with `tier3_approval{action_id, tool_name,
+//!   reasoning, timeout_secs}`; the run blocks until any socket sends
+//!   `tier3_decision` or the timeout passes (a deny, with no event) (`tier3.go`);
+//! - login exists only with a password; otherwise `POST /api/login` falls through
+//!   to the web UI's page (`server.go`);
+//! - every `/api/*` request, the upgrade included, takes a token from one per-IP
+//!   bucket (`limit` a minute, refilled continuously); a refusal is a bare
+//!   `429 rate limit exceeded` (`middleware.go`).
+//!
+//! Everything it observes is reported back to the test body, where the assertions
+//! are made.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +33,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http;
@@ -23,63 +44,123 @@ use whatsapp_webhook::engine::OpenParallaxEngine;
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const SESSION: &str = "wa-15550001111";
 
-/// One thing the fake engine does after it has read the client's message.
+/// One thing a run does.
 #[derive(Clone)]
 pub enum Step {
+    /// An event of the run; `session_id` and `message_id` are filled in when absent
+    /// (give them to make an event of another session or run).
     Json(Value),
+    /// A text frame, as it is, to the run's session.
     Raw(&'static str),
+    /// A WebSocket ping to the run's session.
     Ping,
-    /// Never answer: keep the connection open until the client goes away.
-    Hold,
-    /// Close the WebSocket.
-    Close,
-    /// The run works this long (tools, sub-agents, an approval) before its next
-    /// event. As in the real engine, the run goes on if the client goes away
-    /// meanwhile: its later events wait for the next socket that sends a message on
-    /// the same session (`internal/web/websocket.go`, `internal/engine/broadcaster.go`).
+    /// The run works this long (tools, sub-agents) before its next event.
     Work(Duration),
+    /// The run never ends (and, as in the engine, holds up every later run).
+    Hold,
+    /// The engine drops the socket that sent the message; the run goes on.
+    Close,
+    /// Ask for approval (fields of `tier3_approval`; `action_id` filled in when
+    /// absent), wait for a decision or the timeout, then go on with either branch.
+    Tier3 {
+        approval: Value,
+        approved: Vec<Step>,
+        denied: Vec<Step>,
+    },
 }
 
 pub type Script = Arc<dyn Fn(&str) -> Vec<Step> + Send + Sync>;
 
+/// One open WebSocket as the engine sees it.
+struct Conn {
+    out: mpsc::UnboundedSender<Message>,
+    sessions: HashSet<String>,
+}
+
+struct Bucket {
+    tokens: f64,
+    limit: f64,
+    last: Instant,
+}
+
 pub struct State {
     script: Script,
     frames: mpsc::UnboundedSender<Value>,
-    logins: AtomicUsize,
-    refused_upgrades: AtomicUsize,
-    /// `Some(token)`: the engine requires `Cookie: op_session=token`.
+    info_logs: bool,
+    /// `Some(token)`: login is routed and the upgrade needs `op_session=token`.
     valid_token: Mutex<Option<String>>,
-    /// Events of runs whose socket went away, per session, for the next socket.
-    orphaned: Mutex<std::collections::HashMap<String, Vec<Step>>>,
-    /// Runs that went through all their steps (with or without their socket).
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_id: AtomicU64,
+    /// The agent: one run at a time, engine-wide.
+    agent: tokio::sync::Mutex<()>,
+    pending: Mutex<HashMap<String, oneshot::Sender<bool>>>,
+    decisions: Mutex<Vec<(String, String)>>,
+    cancels: Mutex<Vec<String>>,
+    bucket: Mutex<Bucket>,
+    logins: AtomicUsize,
+    upgrades: AtomicUsize,
+    refused_upgrades: AtomicUsize,
+    rate_limited: AtomicUsize,
     finished_runs: AtomicUsize,
 }
 
 pub struct Fake {
     pub url: String,
     pub state: Arc<State>,
+    /// The `message` frames clients sent, in order.
     pub frames: mpsc::UnboundedReceiver<Value>,
 }
 
-impl Fake {
-    pub async fn start(script: impl Fn(&str) -> Vec<Step> + Send + Sync + 'static) -> Fake {
-        Fake::start_with_auth(script, None).await
+pub struct FakeBuilder {
+    script: Script,
+    token: Option<String>,
+    info_logs: bool,
+    per_minute: f64,
+}
+
+impl FakeBuilder {
+    /// The engine listens off localhost with a password: login is routed.
+    pub fn password(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
     }
 
-    pub async fn start_with_auth(
-        script: impl Fn(&str) -> Vec<Step> + Send + Sync + 'static,
-        token: Option<&str>,
-    ) -> Fake {
+    /// The engine's logger fell back to a no-op: no `log_entry` broadcasts.
+    pub fn without_logs(mut self) -> Self {
+        self.info_logs = false;
+        self
+    }
+
+    /// Requests a minute per IP (the engine: 60).
+    pub fn rate_limit(mut self, per_minute: f64) -> Self {
+        self.per_minute = per_minute;
+        self
+    }
+
+    pub async fn start(self) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State {
-            script: Arc::new(script),
+            script: self.script,
             frames: tx,
+            info_logs: self.info_logs,
+            valid_token: Mutex::new(self.token),
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            agent: tokio::sync::Mutex::new(()),
+            pending: Mutex::default(),
+            decisions: Mutex::default(),
+            cancels: Mutex::default(),
+            bucket: Mutex::new(Bucket {
+                tokens: self.per_minute,
+                limit: self.per_minute,
+                last: Instant::now(),
+            }),
             logins: AtomicUsize::new(0),
+            upgrades: AtomicUsize::new(0),
             refused_upgrades: AtomicUsize::new(0),
-            valid_token: Mutex::new(token.map(str::to_string)),
-            orphaned: Mutex::new(std::collections::HashMap::new()),
+            rate_limited: AtomicUsize::new(0),
             finished_runs: AtomicUsize::new(0),
         });
         let shared = state.clone();
@@ -94,33 +175,87 @@ impl Fake {
             frames: rx,
         }
     }
+}
 
+impl Fake {
+    pub fn builder(script: impl Fn(&str) -> Vec<Step> + Send + Sync + 'static) -> FakeBuilder {
+        FakeBuilder {
+            script: Arc::new(script),
+            token: None,
+            info_logs: true,
+            per_minute: 60.0,
+        }
+    }
+
+    pub async fn start(script: impl Fn(&str) -> Vec<Step> + Send + Sync + 'static) -> Fake {
+        Fake::builder(script).start().await
+    }
+
+    /// A script that also gets the run's number (0 for the first run).
+    pub fn by_run(runs: impl Fn(usize, &str) -> Vec<Step> + Send + Sync + 'static) -> FakeBuilder {
+        let count = AtomicUsize::new(0);
+        Fake::builder(move |session| runs(count.fetch_add(1, Ordering::SeqCst), session))
+    }
+
+    pub async fn start_with_auth(
+        script: impl Fn(&str) -> Vec<Step> + Send + Sync + 'static,
+        token: Option<&str>,
+    ) -> Fake {
+        let builder = Fake::builder(script);
+        match token {
+            Some(token) => builder.password(token).start().await,
+            None => builder.start().await,
+        }
+    }
+
+    /// Requests to `/api/login`, refused or not.
     pub fn logins(&self) -> usize {
         self.state.logins.load(Ordering::SeqCst)
     }
 
-    /// Runs that ran to their end, whether or not anyone was still listening.
+    /// WebSocket upgrades the engine accepted.
+    pub fn upgrades(&self) -> usize {
+        self.state.upgrades.load(Ordering::SeqCst)
+    }
+
+    /// Upgrades refused with 401 (no or a stale cookie).
+    pub fn refused_upgrades(&self) -> usize {
+        self.state.refused_upgrades.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused with 429.
+    pub fn rate_limited(&self) -> usize {
+        self.state.rate_limited.load(Ordering::SeqCst)
+    }
+
+    /// Runs that went through all their steps, whether or not anyone listened.
     pub fn finished_runs(&self) -> usize {
         self.state.finished_runs.load(Ordering::SeqCst)
     }
 
-    /// Events of abandoned runs waiting for the next socket on `session`.
-    pub fn orphaned_events(&self, session: &str) -> usize {
-        self.state
-            .orphaned
-            .lock()
-            .expect("lock")
-            .get(session)
-            .map_or(0, Vec::len)
+    /// `(action_id, decision)` of every `tier3_decision` frame, in order.
+    pub fn decisions(&self) -> Vec<(String, String)> {
+        self.state.decisions.lock().expect("lock").clone()
     }
 
-    /// Whether the client sent another message frame (without waiting).
+    /// Approval requests still waiting for a decision.
+    pub fn pending_approvals(&self) -> usize {
+        self.state.pending.lock().expect("lock").len()
+    }
+
+    /// Sessions named by `cancel` frames, in order.
+    pub fn cancels(&self) -> Vec<String> {
+        self.state.cancels.lock().expect("lock").clone()
+    }
+
+    /// Open WebSockets.
+    pub fn open_sockets(&self) -> usize {
+        self.state.conns.lock().expect("lock").len()
+    }
+
+    /// Whether a client sent another message frame (without waiting).
     pub fn has_frame(&mut self) -> bool {
         self.frames.try_recv().is_ok()
-    }
-
-    pub fn refused_upgrades(&self) -> usize {
-        self.state.refused_upgrades.load(Ordering::SeqCst)
     }
 
     /// The engine restarted: it issues, and accepts, a new session token.
@@ -128,7 +263,21 @@ impl Fake {
         *self.state.valid_token.lock().expect("lock") = Some(token.to_string());
     }
 
-    /// The next message frame the client sent.
+    /// The per-IP bucket is empty now (earlier requests used it up).
+    pub fn use_up_rate_limit(&self) {
+        let mut bucket = self.state.bucket.lock().expect("lock");
+        bucket.tokens = 0.0;
+        bucket.last = Instant::now();
+    }
+
+    /// The engine (or a NAT on the way) drops every socket; runs go on.
+    pub fn drop_sockets(&self) {
+        for conn in self.state.conns.lock().expect("lock").values() {
+            let _ = conn.out.send(Message::Close(None));
+        }
+    }
+
+    /// The next message frame a client sent.
     pub async fn next_frame(&mut self) -> Value {
         tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
             .await
@@ -143,6 +292,45 @@ impl Fake {
             password.map(Secret::new),
             timeout,
         )
+    }
+}
+
+impl State {
+    fn allow_request(&self) -> bool {
+        let mut bucket = self.bucket.lock().expect("lock");
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.last).as_secs_f64();
+        bucket.last = now;
+        bucket.tokens = (bucket.tokens + elapsed * bucket.limit / 60.0).min(bucket.limit);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            self.rate_limited.fetch_add(1, Ordering::SeqCst);
+            false
+        }
+    }
+
+    /// To every socket subscribed to `session`.
+    fn broadcast(&self, session: &str, message: Message) {
+        for conn in self.conns.lock().expect("lock").values() {
+            if conn.sessions.contains(session) {
+                let _ = conn.out.send(message.clone());
+            }
+        }
+    }
+
+    /// To every socket (the engine's log hook).
+    fn log(&self, event: &str, data: Value) {
+        if !self.info_logs {
+            return;
+        }
+        let entry = json!({"type": "log_entry", "entry": {
+            "timestamp": "2026-12-06T00:00:00Z", "level": "info", "event": event, "data": data}});
+        let message = Message::text(entry.to_string());
+        for conn in self.conns.lock().expect("lock").values() {
+            let _ = conn.out.send(message.clone());
+        }
     }
 }
 
@@ -162,6 +350,9 @@ async fn serve(stream: TcpStream, state: Arc<State>) {
         websocket(stream, state).await;
     }
 }
+
+const TOO_MANY: &str = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Content-Length: 20\r\nConnection: close\r\n\r\nrate limit exceeded\n";
 
 async fn login(stream: TcpStream, state: &State) {
     let mut reader = BufReader::new(stream);
@@ -194,18 +385,32 @@ async fn login(stream: TcpStream, state: &State) {
 
     let response = if !request_line.starts_with("POST /api/login ") {
         "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    } else if !state.allow_request() {
+        state.logins.fetch_add(1, Ordering::SeqCst);
+        TOO_MANY.to_string()
     } else {
         state.logins.fetch_add(1, Ordering::SeqCst);
         let token = state.valid_token.lock().expect("lock").clone();
         match token {
+            // No login route: the request falls through to the web UI's index page.
+            None => {
+                let page = "<!doctype html><html><body><div id=\"app\"></div></body></html>";
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+            }
             Some(token) if body["password"] == PASSWORD => format!(
                 "HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark; Path=/\r\n\
                  Set-Cookie: op_session={token}; Path=/; HttpOnly; SameSite=Strict\r\n\
                  Content-Type: application/json\r\nContent-Length: 11\r\n\
                  Connection: close\r\n\r\n{{\"ok\":true}}"
             ),
-            _ => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                .to_string(),
+            Some(_) => {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            }
         }
     };
     let mut stream = reader.into_inner();
@@ -219,6 +424,19 @@ async fn websocket(stream: TcpStream, state: Arc<State>) {
     // The error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = move |request: &Request, response: Response| {
+        let refuse = |status: http::StatusCode, body: &str| -> ErrorResponse {
+            http::Response::builder()
+                .status(status)
+                .body(Some(body.to_string()))
+                .expect("response")
+        };
+        // The engine's middleware: the rate limit first, then the cookie.
+        if !checker.allow_request() {
+            return Err(refuse(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded\n",
+            ));
+        }
         let Some(token) = required else {
             return Ok(response);
         };
@@ -234,124 +452,173 @@ async fn websocket(stream: TcpStream, state: Arc<State>) {
             Ok(response)
         } else {
             checker.refused_upgrades.fetch_add(1, Ordering::SeqCst);
-            let refusal: ErrorResponse = http::Response::builder()
-                .status(http::StatusCode::UNAUTHORIZED)
-                .body(Some("unauthorized".to_string()))
-                .expect("response");
-            Err(refusal)
+            Err(refuse(http::StatusCode::UNAUTHORIZED, "unauthorized\n"))
         }
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
-
-    // The client speaks first: one message frame.
-    let frame = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                break serde_json::from_str::<Value>(text.as_str()).unwrap_or(Value::Null);
+    state.upgrades.fetch_add(1, Ordering::SeqCst);
+    let (mut sink, mut stream) = ws.split();
+    let (out, mut outgoing) = mpsc::unbounded_channel::<Message>();
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    state.conns.lock().expect("lock").insert(
+        id,
+        Conn {
+            out: out.clone(),
+            sessions: HashSet::new(),
+        },
+    );
+    state.log("ws_connected", json!({"remote": "127.0.0.1"}));
+    tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            let close = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || close {
+                break;
             }
-            Some(Ok(_)) => continue,
-            _ => return,
         }
-    };
-    let session = frame["session_id"].as_str().unwrap_or_default().to_string();
-    let _ = state.frames.send(frame);
+    });
 
-    // Events of an earlier run on this session that lost its socket come first.
-    let leftovers = state
-        .orphaned
-        .lock()
-        .expect("lock")
-        .remove(&session)
-        .unwrap_or_default();
-    let mut steps: std::collections::VecDeque<Step> = leftovers
-        .into_iter()
-        .chain((state.script)(&session))
-        .collect();
-    while let Some(step) = steps.pop_front() {
-        let sent = match step {
-            Step::Work(time) => {
-                let client_left = tokio::select! {
-                    _ = tokio::time::sleep(time) => false,
-                    left = client_gone(&mut ws) => left,
-                };
-                if client_left {
-                    // The run goes on without its socket.
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(time).await;
-                        let mut rest = Vec::new();
-                        for step in steps {
-                            match step {
-                                Step::Work(more) => tokio::time::sleep(more).await,
-                                Step::Json(_) | Step::Raw(_) => rest.push(step),
-                                _ => {}
-                            }
-                        }
-                        state
-                            .orphaned
-                            .lock()
-                            .expect("lock")
-                            .entry(session)
-                            .or_default()
-                            .extend(rest);
-                        state.finished_runs.fetch_add(1, Ordering::SeqCst);
-                    });
-                    return;
-                }
-                Ok(())
-            }
-            Step::Json(value) => ws.send(Message::text(value.to_string())).await,
-            Step::Raw(text) => ws.send(Message::text(text)).await,
-            Step::Ping => {
-                ws.send(Message::Ping(b"are you there".to_vec().into()))
-                    .await
-            }
-            Step::Hold => {
-                while let Some(Ok(_)) = ws.next().await {}
-                return;
-            }
-            Step::Close => {
-                let _ = ws.close(None).await;
-                return;
-            }
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Text(text) = message else {
+            continue;
         };
-        if sent.is_err() {
-            return;
+        let frame: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+        match frame["type"].as_str().unwrap_or_default() {
+            "message" => start_run(&state, id, frame),
+            "cancel" => {
+                let session = frame["session_id"].as_str().unwrap_or_default();
+                state
+                    .cancels
+                    .lock()
+                    .expect("lock")
+                    .push(session.to_string());
+            }
+            "tier3_decision" => {
+                let action = frame["action_id"].as_str().unwrap_or_default().to_string();
+                let decision = frame["decision"].as_str().unwrap_or_default().to_string();
+                if let Some(waiting) = state.pending.lock().expect("lock").remove(&action) {
+                    let _ = waiting.send(decision == "approve");
+                }
+                state
+                    .decisions
+                    .lock()
+                    .expect("lock")
+                    .push((action, decision));
+            }
+            "ping" => {
+                let _ = out.send(Message::text(json!({"type": "pong"}).to_string()));
+            }
+            other => {
+                let error = json!({"type": "error", "session_id": "", "message_id": "",
+                    "error": {"code": "UNKNOWN_TYPE", "message": format!("unknown message type: {other}")}});
+                let _ = out.send(Message::text(error.to_string()));
+            }
         }
     }
-    state.finished_runs.fetch_add(1, Ordering::SeqCst);
-    // Keep the connection open until the client is done with it.
-    while let Some(Ok(_)) = ws.next().await {}
+    // A closed socket is unsubscribed; its runs go on (`unregisterConn`).
+    state.conns.lock().expect("lock").remove(&id);
 }
 
-/// Resolves `true` once the client closed or dropped the socket (frames it sends
-/// meanwhile are read and ignored).
-async fn client_gone<S>(ws: &mut S) -> bool
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
-            Some(Ok(_)) => continue,
-        }
+fn start_run(state: &Arc<State>, conn: u64, frame: Value) {
+    let session = frame["session_id"].as_str().unwrap_or_default().to_string();
+    let run = format!("msg-{}", state.next_id.fetch_add(1, Ordering::SeqCst));
+    if let Some(c) = state.conns.lock().expect("lock").get_mut(&conn) {
+        c.sessions.insert(session.clone());
     }
+    let content_len = frame["content"].as_str().map_or(0, str::len);
+    let _ = state.frames.send(frame);
+    state.log(
+        "ws_message_received",
+        json!({"session": session, "message_id": run, "content_len": content_len}),
+    );
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _agent = state.agent.lock().await;
+        let mut steps: VecDeque<Step> = (state.script)(&session).into();
+        while let Some(step) = steps.pop_front() {
+            match step {
+                Step::Json(mut event) => {
+                    if event.get("session_id").is_none() {
+                        event["session_id"] = json!(session);
+                    }
+                    if event.get("message_id").is_none() {
+                        event["message_id"] = json!(run);
+                    }
+                    let to = event["session_id"].as_str().unwrap_or_default().to_string();
+                    state.broadcast(&to, Message::text(event.to_string()));
+                }
+                Step::Raw(text) => state.broadcast(&session, Message::text(text)),
+                Step::Ping => state.broadcast(&session, Message::Ping(b"hi".to_vec().into())),
+                Step::Work(time) => tokio::time::sleep(time).await,
+                Step::Hold => std::future::pending::<()>().await,
+                Step::Close => {
+                    if let Some(c) = state.conns.lock().expect("lock").get(&conn) {
+                        let _ = c.out.send(Message::Close(None));
+                    }
+                }
+                Step::Tier3 {
+                    mut approval,
+                    approved,
+                    denied,
+                } => {
+                    if approval.get("action_id").is_none() {
+                        let n = state.next_id.fetch_add(1, Ordering::SeqCst);
+                        approval["action_id"] = json!(format!("act-{n}"));
+                    }
+                    let action = approval["action_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let timeout = approval["timeout_secs"].as_u64().unwrap_or(300);
+                    let (decided, decision) = oneshot::channel();
+                    state
+                        .pending
+                        .lock()
+                        .expect("lock")
+                        .insert(action.clone(), decided);
+                    let event = json!({"type": "tier3_approval_required", "session_id": session,
+                        "message_id": run, "tier3_approval": approval});
+                    state.broadcast(&session, Message::text(event.to_string()));
+                    let approved_now =
+                        match tokio::time::timeout(Duration::from_secs(timeout), decision).await {
+                            Ok(Ok(yes)) => yes,
+                            // A timeout is a deny, with no event.
+                            _ => {
+                                state.pending.lock().expect("lock").remove(&action);
+                                false
+                            }
+                        };
+                    let branch = if approved_now { approved } else { denied };
+                    for step in branch.into_iter().rev() {
+                        steps.push_front(step);
+                    }
+                }
+            }
+        }
+        state.finished_runs.fetch_add(1, Ordering::SeqCst);
+    });
 }
 
 pub fn token(session: &str, text: &str) -> Step {
-    Step::Json(
-        json!({"type": "llm_token", "session_id": session, "message_id": "msg-1", "text": {"text": text}}),
-    )
+    Step::Json(json!({"type": "llm_token", "session_id": session, "text": {"text": text}}))
 }
 
 pub fn complete(session: &str, content: &str) -> Step {
     Step::Json(json!({
         "type": "response_complete",
         "session_id": session,
-        "message_id": "msg-1",
         "response_complete": {"content": content, "thoughts": []}
+    }))
+}
+
+/// An `error` event as the engine sends it (`recoverable` as the agent sets it:
+/// `false` from the agent loop, `true` for AGENT_UNAVAILABLE).
+pub fn error(session: &str, code: &str) -> Step {
+    Step::Json(json!({
+        "type": "error",
+        "session_id": session,
+        "error": {"code": code, "message": format!("{code} happened"), "recoverable": code == "AGENT_UNAVAILABLE"}
     }))
 }
 
@@ -359,19 +626,16 @@ pub fn action_started(session: &str) -> Step {
     Step::Json(json!({
         "type": "action_started",
         "session_id": session,
-        "message_id": "msg-1",
         "action_started": {"tool_name": "read_file", "summary": "Reading notes.md"}
     }))
 }
 
-pub fn tier3(session: &str) -> Step {
-    Step::Json(json!({
-        "type": "tier3_approval_required",
-        "session_id": session,
-        "message_id": "msg-1",
-        "action_id": "act-1",
-        "tool_name": "execute_command",
-        "reasoning": "modifies system configuration",
-        "timeout_secs": 300
-    }))
+/// A Tier 3 request for `execute_command`, then either branch.
+pub fn tier3(timeout_secs: u64, approved: Vec<Step>, denied: Vec<Step>) -> Step {
+    Step::Tier3 {
+        approval: json!({"tool_name": "execute_command", "reasoning": "modifies system configuration",
+            "timeout_secs": timeout_secs}),
+        approved,
+        denied,
+    }
 }

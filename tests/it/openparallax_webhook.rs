@@ -119,10 +119,13 @@ async fn engine_that_refuses_connections_gives_the_notice() {
 async fn tier3_approval_is_announced_at_once_and_the_final_reply_follows() {
     let fake = Fake::start(|session| {
         vec![
-            tier3(session),
             token(session, "working"),
-            tier3(session),
-            complete(session, "Done: the config was changed."),
+            // Nobody can decide in sync mode: the engine denies after the timeout.
+            tier3(
+                1,
+                vec![complete(session, "Done: the config was changed.")],
+                vec![complete(session, "I left the config as it was.")],
+            ),
         ]
     })
     .await;
@@ -132,7 +135,7 @@ async fn tier3_approval_is_announced_at_once_and_the_final_reply_follows() {
         h.sent_bodies().await,
         vec![
             whatsapp_webhook::engine::APPROVAL_NOTICE.to_string(),
-            "Done: the config was changed.".to_string()
+            "I left the config as it was.".to_string()
         ],
         "one notice, sent before the reply, and not repeated in it"
     );
