@@ -64,8 +64,26 @@ pub trait Messenger: Send + Sync {
         let _ = reply_to;
         self.send_text(to, body).await
     }
+    /// Send one interactive message: `body` with reply buttons (WhatsApp takes 1 to 3,
+    /// titles of at most 20 characters, ids of at most 256); a tap comes back as an
+    /// `interactive` `button_reply` carrying the button's id and title.
+    async fn send_buttons(
+        &self,
+        to: &Recipient,
+        body: &str,
+        buttons: &[ReplyButton],
+    ) -> Result<(), SendError>;
     /// Mark an inbound message read and show the typing indicator (one call).
     async fn mark_read_typing(&self, message_id: &str) -> Result<(), SendError>;
+}
+
+/// One reply button of an interactive message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyButton {
+    /// Comes back in the tap's `button_reply.id`.
+    pub id: String,
+    /// The label shown (at most 20 characters).
+    pub title: String,
 }
 
 /// How long and how often transient Graph failures are retried within one delivery.
@@ -237,6 +255,15 @@ impl Messenger for GraphClient {
         self.post(text_message(to, body, Some(reply_to))).await
     }
 
+    async fn send_buttons(
+        &self,
+        to: &Recipient,
+        body: &str,
+        buttons: &[ReplyButton],
+    ) -> Result<(), SendError> {
+        self.post(buttons_message(to, body, buttons)).await
+    }
+
     async fn mark_read_typing(&self, message_id: &str) -> Result<(), SendError> {
         self.post(json!({
             "messaging_product": "whatsapp",
@@ -248,23 +275,46 @@ impl Messenger for GraphClient {
     }
 }
 
-/// The Graph API body of a text message; `to` for phone numbers, `recipient` for
-/// username users (Meta takes `to` when both are present).
-fn text_message(to: &Recipient, body: &str, reply_to: Option<&str>) -> serde_json::Value {
+/// The Graph API body of a message to one user, of `kind` with its `content`: `to` for
+/// phone numbers, `recipient` for username users (Meta takes `to` when both are present).
+fn addressed(to: &Recipient, kind: &str, content: serde_json::Value) -> serde_json::Value {
     let mut message = json!({
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
-        "type": "text",
-        "text": {"preview_url": false, "body": body},
+        "type": kind,
     });
+    message[kind] = content;
     match to {
         Recipient::Phone(d) => message["to"] = json!(d),
         Recipient::UserId(id) => message["recipient"] = json!(id),
     }
+    message
+}
+
+/// The Graph API body of a text message, quoting `reply_to` when given.
+fn text_message(to: &Recipient, body: &str, reply_to: Option<&str>) -> serde_json::Value {
+    let mut message = addressed(to, "text", json!({"preview_url": false, "body": body}));
     if let Some(id) = reply_to {
         message["context"] = json!({ "message_id": id });
     }
     message
+}
+
+/// The Graph API body of an interactive message with reply buttons.
+fn buttons_message(to: &Recipient, body: &str, buttons: &[ReplyButton]) -> serde_json::Value {
+    let buttons: Vec<serde_json::Value> = buttons
+        .iter()
+        .map(|b| json!({"type": "reply", "reply": {"id": b.id, "title": b.title}}))
+        .collect();
+    addressed(
+        to,
+        "interactive",
+        json!({
+            "type": "button",
+            "body": {"text": body},
+            "action": {"buttons": buttons},
+        }),
+    )
 }
 
 /// Used when no access token is configured: logs what would be sent (never the text).
@@ -282,7 +332,95 @@ impl Messenger for DryRunMessenger {
         Ok(())
     }
 
+    async fn send_buttons(
+        &self,
+        to: &Recipient,
+        body: &str,
+        buttons: &[ReplyButton],
+    ) -> Result<(), SendError> {
+        tracing::info!(
+            to = %mask(to.key()),
+            utf16_units = body.encode_utf16().count(),
+            buttons = buttons.len(),
+            "dry run: no access token configured, buttons not sent"
+        );
+        Ok(())
+    }
+
     async fn mark_read_typing(&self, _message_id: &str) -> Result<(), SendError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buttons() -> Vec<ReplyButton> {
+        vec![
+            ReplyButton {
+                id: "t3:a:1:a1:00".into(),
+                title: "Approve".into(),
+            },
+            ReplyButton {
+                id: "t3:d:1:a1:00".into(),
+                title: "Deny".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn buttons_go_to_a_username_user_as_recipient() {
+        let to = Recipient::UserId("US.13491208655302741918".into());
+        assert_eq!(
+            buttons_message(&to, "Approve?", &buttons()),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "recipient": "US.13491208655302741918",
+                "type": "interactive",
+                "interactive": {
+                    "type": "button",
+                    "body": {"text": "Approve?"},
+                    "action": {"buttons": [
+                        {"type": "reply", "reply": {"id": "t3:a:1:a1:00", "title": "Approve"}},
+                        {"type": "reply", "reply": {"id": "t3:d:1:a1:00", "title": "Deny"}},
+                    ]},
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn texts_keep_their_shape_after_sharing_the_address() {
+        assert_eq!(
+            text_message(
+                &Recipient::Phone("15557654321".into()),
+                "hi",
+                Some("wamid.1")
+            ),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "15557654321",
+                "type": "text",
+                "text": {"preview_url": false, "body": "hi"},
+                "context": {"message_id": "wamid.1"},
+            })
+        );
+        let to_user = text_message(&Recipient::UserId("US.1".into()), "hi", None);
+        assert_eq!(to_user["recipient"], "US.1");
+        assert!(to_user.get("to").is_none() && to_user.get("context").is_none());
+    }
+
+    #[tokio::test]
+    async fn dry_run_accepts_buttons() {
+        let to = Recipient::Phone("15557654321".into());
+        assert_eq!(
+            DryRunMessenger
+                .send_buttons(&to, "Approve?", &buttons())
+                .await,
+            Ok(())
+        );
     }
 }

@@ -11,7 +11,7 @@ use http::Request;
 
 use crate::domain::{Clock, Recipient};
 use crate::engine::{Engine, EngineError, Turn};
-use crate::graph::{Messenger, SendError};
+use crate::graph::{Messenger, ReplyButton, SendError};
 use crate::webhook::signature::sign;
 
 /// A signed webhook POST to `/webhook`, as Meta sends it.
@@ -33,6 +33,14 @@ impl Messenger for NoopMessenger {
     async fn send_text(&self, _to: &Recipient, _body: &str) -> Result<(), SendError> {
         Ok(())
     }
+    async fn send_buttons(
+        &self,
+        _to: &Recipient,
+        _body: &str,
+        _buttons: &[ReplyButton],
+    ) -> Result<(), SendError> {
+        Ok(())
+    }
     async fn mark_read_typing(&self, _message_id: &str) -> Result<(), SendError> {
         Ok(())
     }
@@ -51,13 +59,19 @@ pub enum Sent {
         body: String,
         reply_to: String,
     },
+    /// An interactive message with reply buttons, as (id, title).
+    Buttons {
+        to: String,
+        body: String,
+        buttons: Vec<(String, String)>,
+    },
     Read {
         message_id: String,
     },
 }
 
-/// Records every call; refuses (transiently) the text sends whose body contains a
-/// given needle, a given number of times.
+/// Records every call; refuses (transiently) the sends (texts and buttons) whose body
+/// contains a given needle, a given number of times.
 #[derive(Debug, Default)]
 pub struct RecordingMessenger {
     sent: Mutex<Vec<Sent>>,
@@ -78,12 +92,14 @@ impl RecordingMessenger {
             .into_iter()
             .filter_map(|s| match s {
                 Sent::Text { body, .. } | Sent::Reply { body, .. } => Some(body),
-                Sent::Read { .. } => None,
+                Sent::Buttons { .. } | Sent::Read { .. } => None,
             })
             .collect()
     }
     fn record(&self, sent: Sent) -> Result<(), SendError> {
-        if let Sent::Text { body, .. } | Sent::Reply { body, .. } = &sent {
+        if let Sent::Text { body, .. } | Sent::Reply { body, .. } | Sent::Buttons { body, .. } =
+            &sent
+        {
             let mut refuse = self.refuse.lock().expect("refuse lock");
             if let Some((needle, times)) = refuse.as_mut()
                 && *times > 0
@@ -121,6 +137,21 @@ impl Messenger for RecordingMessenger {
             to: to.key().to_string(),
             body: body.to_string(),
             reply_to: reply_to.to_string(),
+        })
+    }
+    async fn send_buttons(
+        &self,
+        to: &Recipient,
+        body: &str,
+        buttons: &[ReplyButton],
+    ) -> Result<(), SendError> {
+        self.record(Sent::Buttons {
+            to: to.key().to_string(),
+            body: body.to_string(),
+            buttons: buttons
+                .iter()
+                .map(|b| (b.id.clone(), b.title.clone()))
+                .collect(),
         })
     }
     async fn mark_read_typing(&self, message_id: &str) -> Result<(), SendError> {
@@ -258,5 +289,33 @@ impl TestClock {
     pub fn clock(&self) -> Clock {
         let me = self.clone();
         Arc::new(move || me.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recording_messenger_records_buttons_and_can_refuse_them() {
+        let m = RecordingMessenger::default();
+        let to = Recipient::Phone("15557654321".into());
+        let buttons = [ReplyButton {
+            id: "t3:a:1:a1:00".into(),
+            title: "Approve".into(),
+        }];
+        m.refuse("Approve?", 1);
+        assert!(m.send_buttons(&to, "Approve?", &buttons).await.is_err());
+        m.send_buttons(&to, "Approve?", &buttons).await.unwrap();
+        assert_eq!(
+            m.sent(),
+            [Sent::Buttons {
+                to: "15557654321".into(),
+                body: "Approve?".into(),
+                buttons: vec![("t3:a:1:a1:00".into(), "Approve".into())],
+            }]
+        );
+        assert!(m.bodies().is_empty(), "bodies() lists texts only");
+        assert_eq!(NoopMessenger.send_buttons(&to, "x", &buttons).await, Ok(()));
     }
 }

@@ -55,8 +55,10 @@ impl SenderPolicy {
             return None;
         }
         let action = match message.content {
-            Content::Text(t) if t.trim().is_empty() => return None,
-            Content::Text(t) => match Command::parse(&t) {
+            Content::Text(t) | Content::Reply { title: t, .. } if t.trim().is_empty() => {
+                return None;
+            }
+            Content::Text(t) | Content::Reply { title: t, .. } => match Command::parse(&t) {
                 Some(c) => Action::Command(c),
                 None => Action::Turn(t),
             },

@@ -103,6 +103,9 @@ pub struct Interactive {
 
 #[derive(Debug, Deserialize)]
 pub struct Choice {
+    /// The id the business gave the button or row.
+    #[serde(default)]
+    pub id: String,
     #[serde(default)]
     pub title: String,
 }
@@ -116,8 +119,10 @@ pub struct TemplateButton {
 /// What a message asks of the adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
-    /// Text typed by the user, or the title of a button or list choice.
+    /// Text typed by the user, or the title of a list choice or template button.
     Text(String),
+    /// A tap on a reply button of an interactive message: the button's id and title.
+    Reply { id: String, title: String },
     /// A type this adapter cannot read (image, audio, location...): gets a notice.
     NonText(String),
     /// Needs no answer: reactions, `unsupported`, `system`, and unknown shapes.
@@ -153,8 +158,11 @@ impl RawMessage {
                 Some(Interactive {
                     button_reply: Some(c),
                     ..
-                })
-                | Some(Interactive {
+                }) => Content::Reply {
+                    id: c.id,
+                    title: c.title,
+                },
+                Some(Interactive {
                     list_reply: Some(c),
                     ..
                 }) => Content::Text(c.title),
@@ -182,4 +190,63 @@ impl RawMessage {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn content(message: Value) -> Content {
+        let raw: RawMessage = serde_json::from_value(message).expect("a message");
+        raw.into_inbound().expect("a sender").content
+    }
+
+    fn interactive(interactive: Value) -> Value {
+        json!({"id": "wamid.1", "from": "15557654321", "type": "interactive", "interactive": interactive})
+    }
+
+    #[test]
+    fn metas_button_reply_fixture_is_a_reply_with_its_id() {
+        let body: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/interactive-button.json"))
+                .expect("fixture is JSON");
+        let message = body["entry"][0]["changes"][0]["value"]["messages"][0].clone();
+        assert_eq!(
+            content(message),
+            Content::Reply {
+                id: "yes-1".into(),
+                title: "Yes".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_button_reply_without_an_id_has_an_empty_one() {
+        assert_eq!(
+            content(interactive(
+                json!({"type": "button_reply", "button_reply": {"title": "Yes"}})
+            )),
+            Content::Reply {
+                id: String::new(),
+                title: "Yes".into()
+            }
+        );
+    }
+
+    #[test]
+    fn list_replies_and_template_buttons_stay_text() {
+        let list = interactive(json!({
+            "type": "list_reply",
+            "list_reply": {"id": "row-1", "title": "Row one", "description": "d"}
+        }));
+        assert_eq!(content(list), Content::Text("Row one".into()));
+        let template = json!({
+            "id": "wamid.2", "from": "15557654321", "type": "button",
+            "button": {"payload": "p", "text": "Stop promotions"}
+        });
+        assert_eq!(content(template), Content::Text("Stop promotions".into()));
+        let neither = interactive(json!({"type": "nfm_reply", "nfm_reply": {}}));
+        assert_eq!(content(neither), Content::NonText("interactive".into()));
+    }
 }

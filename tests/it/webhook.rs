@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use whatsapp_webhook::commands::{
     HELP_TEXT, NEW_SESSION_TEXT, OTR_SESSION_TEXT, UNAVAILABLE_TEXT, UNSUPPORTED_TEXT,
 };
-use whatsapp_webhook::domain::AllowList;
-use whatsapp_webhook::graph::RetryPolicy;
+use whatsapp_webhook::domain::{AllowList, Recipient, Secret};
+use whatsapp_webhook::graph::{GraphClient, Messenger, ReplyButton, RetryPolicy};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -208,6 +208,79 @@ async fn graph_and_engine_get_their_bearer_tokens() {
         .await;
     assert_eq!(status(&h.post_json(&fixture("text.json")).await), 200);
     h.server.verify().await;
+}
+
+/// The interactive reply-button message is posted in Meta's shape, through the same
+/// retrying path as texts (a transient refusal is retried), with the access token.
+#[tokio::test]
+async fn graph_client_posts_reply_buttons_in_metas_shape() {
+    let server = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .respond_with(fail_part("Approval needed", 1))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let graph = GraphClient::new(
+        reqwest::Client::new(),
+        &server.uri(),
+        "v21.0",
+        PHONE_NUMBER_ID,
+        Secret::new(ACCESS_TOKEN),
+        RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(5),
+            budget: Duration::from_secs(2),
+        },
+    );
+    let buttons = [
+        ReplyButton {
+            id: "t3:a:1795795500:a1:0123456789abcdef0123456789abcdef".into(),
+            title: "Approve".into(),
+        },
+        ReplyButton {
+            id: "t3:d:1795795500:a1:fedcba9876543210fedcba9876543210".into(),
+            title: "Deny".into(),
+        },
+    ];
+    let to = Recipient::Phone("15557654321".into());
+    graph
+        .send_buttons(&to, "Approval needed: *shell*", &buttons)
+        .await
+        .expect("accepted on the second attempt");
+    let want = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "15557654321",
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "body": {"text": "Approval needed: *shell*"},
+            "action": {"buttons": [
+                {"type": "reply", "reply": {
+                    "id": "t3:a:1795795500:a1:0123456789abcdef0123456789abcdef",
+                    "title": "Approve"
+                }},
+                {"type": "reply", "reply": {
+                    "id": "t3:d:1795795500:a1:fedcba9876543210fedcba9876543210",
+                    "title": "Deny"
+                }},
+            ]},
+        },
+    });
+    let posted: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
+        .collect();
+    assert_eq!(posted, [want.clone(), want], "refused once, retried as is");
+    server.verify().await;
 }
 
 #[tokio::test]
