@@ -47,6 +47,9 @@ pub struct AppOptions {
     /// How long a sender's first text waits for quick follow-up lines to join its
     /// turn (in this process); zero: only lines that arrive during a turn are combined.
     pub combine_window: Duration,
+    /// Ask Tier 3 approvals with Approve / Deny buttons in WhatsApp (signed with the
+    /// app secret); off: a text notice says to approve in the OpenParallax app.
+    pub tier3_from_whatsapp: bool,
 }
 
 impl AppOptions {
@@ -67,6 +70,7 @@ impl AppOptions {
             sender_wait: Duration::from_secs(5),
             max_part_units: MAX_PART_UTF16,
             combine_window: Duration::ZERO,
+            tier3_from_whatsapp: false,
         }
     }
 
@@ -77,6 +81,11 @@ impl AppOptions {
             read_receipts: self.read_receipts,
             sender_wait: self.sender_wait,
             max_part_units: self.max_part_units,
+            approval_keys: if self.tier3_from_whatsapp {
+                self.app_secrets.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

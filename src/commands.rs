@@ -56,6 +56,12 @@ pub const UNAVAILABLE_TEXT: &str =
 /// The engine took the turn but did not answer in time; it is never asked again.
 pub const SLOW_TEXT: &str = "This is taking longer than expected, so I stopped waiting for the answer. Please ask again in a little while.";
 /// A turn began, but its answer was lost (the worker running it died).
+/// A tap on an approval button after the engine stopped waiting (it denied).
+pub const APPROVAL_EXPIRED_TEXT: &str =
+    "This approval request has expired, so the action was not taken.";
+/// A tap on an approval button that could not be passed on to the engine.
+pub const DECISION_FAILED_TEXT: &str =
+    "Sorry, I could not pass your decision on to the agent. Please decide in the OpenParallax app.";
 pub const LOST_TEXT: &str = "Sorry, the answer to your last message was lost. Please ask again.";
 
 #[cfg(test)]

@@ -207,17 +207,22 @@ pub async fn lambda_event(
     payload: serde_json::Value,
     start_by: Option<tokio::time::Instant>,
 ) -> serde_json::Value {
-    if is_sqs_event(&payload) {
-        return sqs_event(app, payload, start_by).await;
-    }
-    let response = match serde_json::from_value::<lambda_http::request::LambdaRequest>(payload) {
-        Ok(request) => app.handle(from_lambda(request.into())).await,
-        Err(e) => {
-            tracing::error!(error = %crate::engine::json_problem(&e), "event is neither an HTTP request nor an SQS batch");
-            text(StatusCode::BAD_REQUEST, "unknown event")
-        }
+    let answer = if is_sqs_event(&payload) {
+        sqs_event(app, payload, start_by).await
+    } else {
+        let response = match serde_json::from_value::<lambda_http::request::LambdaRequest>(payload)
+        {
+            Ok(request) => app.handle(from_lambda(request.into())).await,
+            Err(e) => {
+                tracing::error!(error = %crate::engine::json_problem(&e), "event is neither an HTTP request nor an SQS batch");
+                text(StatusCode::BAD_REQUEST, "unknown event")
+            }
+        };
+        http_response_json(response)
     };
-    http_response_json(response)
+    // The runtime freezes the process once the answer is out.
+    app.turns().park().await;
+    answer
 }
 
 fn is_sqs_event(payload: &serde_json::Value) -> bool {

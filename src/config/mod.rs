@@ -204,6 +204,7 @@ pub struct RawEngine {
     pub token_env: Option<String>,
     pub password_env: Option<String>,
     pub timeout_secs: Option<u64>,
+    pub tier3_from_whatsapp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +266,7 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "ENGINE_TOKEN_ENV" => "engine.token_env": parse_text, |c| c.engine.token_env;
     "ENGINE_PASSWORD_ENV" => "engine.password_env": parse_text, |c| c.engine.password_env;
     "ENGINE_TIMEOUT_SECS" => "engine.timeout_secs": parse_u64, |c| c.engine.timeout_secs;
+    "ENGINE_TIER3_FROM_WHATSAPP" => "engine.tier3_from_whatsapp": parse_bool, |c| c.engine.tier3_from_whatsapp;
     "STATE_KIND" => "state.kind": parse_text, |c| c.state.kind;
     "TABLE_NAME" => "state.table": parse_text, |c| c.state.table;
     "STATE_ENDPOINT_URL" => "state.endpoint_url": parse_text, |c| c.state.endpoint_url;
@@ -476,6 +478,11 @@ impl RawConfig {
             TurnMode::Queued => DEFAULT_QUEUED_ENGINE_TIMEOUT_SECS,
         };
         let engine_timeout = self.engine.timeout_secs.unwrap_or(default_timeout);
+        // A sync turn cannot wait the engine's 300 s for a tap.
+        app.tier3_from_whatsapp = self
+            .engine
+            .tier3_from_whatsapp
+            .unwrap_or(turn_mode == TurnMode::Queued);
         let engine = validate_engine(self.engine, default_timeout, env)?;
         let default_lease = match turn_mode {
             TurnMode::Sync => DEFAULT_LEASE_SECS,

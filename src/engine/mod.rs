@@ -110,6 +110,10 @@ pub trait Engine: Send + Sync {
         self.reply(turn).await
     }
 
+    /// The process is about to be frozen (a Lambda invocation ended): let go of
+    /// connections a frozen process must not hold open.
+    async fn park(&self) {}
+
     /// Pass the user's decision on an approval request to the engine. Engines that
     /// never ask for approvals refuse.
     async fn decide(&self, action_id: &str, decision: Decision) -> Result<(), EngineError> {

@@ -74,9 +74,19 @@ pub struct Job {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobAction {
-    Turn { text: String },
-    Command { command: String },
-    Notice { notice: String },
+    Turn {
+        text: String,
+    },
+    Command {
+        command: String,
+    },
+    Notice {
+        notice: String,
+    },
+    /// A tap on an approval button (its signed id; no message text).
+    Approval {
+        button: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,9 @@ impl Job {
             },
             Action::Notice(_) => JobAction::Notice {
                 notice: "unsupported".to_string(),
+            },
+            Action::Approval(button) => JobAction::Approval {
+                button: button.clone(),
             },
         };
         Job {
@@ -124,6 +137,7 @@ impl Job {
                 Action::Notice(UNSUPPORTED_TEXT)
             }
             JobAction::Notice { .. } => return Err(BadJob("unknown notice".into())),
+            JobAction::Approval { button } => Action::Approval(button),
         };
         Ok(Accepted {
             id: self.id,

@@ -7,6 +7,7 @@
 //! parts, record progress, and settle the message ([`Outcome`]). Consecutive fresh
 //! texts are combined into one engine turn (rapid-fire).
 
+mod approval;
 mod reply;
 mod runner;
 
@@ -23,6 +24,9 @@ pub enum Action {
     Notice(&'static str),
     /// Text for the engine (several messages' texts, joined, for a combined turn).
     Turn(String),
+    /// A tap on an Approve / Deny button (its id): answered at once, never queued
+    /// behind the turn that waits for it.
+    Approval(String),
 }
 
 /// A message the sender policy let in, with what to do and whose state it touches.

@@ -5,10 +5,12 @@
 use super::runner::TurnRunner;
 use super::{Action, Delivery, Outcome};
 use crate::commands::{Command, LOST_TEXT, SLOW_TEXT, UNAVAILABLE_TEXT};
-use crate::domain::{Mode, Recipient, SessionRecord, mask};
+use crate::domain::{
+    ApprovalRequest, Decision, Mode, Recipient, SessionRecord, approval_body, button_id, mask,
+};
 use crate::engine::{APPROVAL_NOTICE, EngineError, Notice, Turn};
 use crate::format::{FENCE_HEADROOM, convert, rebalance_fences};
-use crate::graph::SendError;
+use crate::graph::{ReplyButton, SendError};
 use crate::split::split_reply;
 use crate::state::{Attempt, Progress, StateError};
 
@@ -66,6 +68,12 @@ impl TurnRunner {
                 return Ok(vec![command.confirmation().to_string()]);
             }
             Action::Notice(notice) => return Ok(vec![notice.to_string()]),
+            Action::Approval(button) => {
+                let reply = self
+                    .decision_reply(&button, turn.attempt.sender, turn.msg_ref)
+                    .await;
+                return Ok(reply.into_iter().map(str::to_string).collect());
+            }
             Action::Turn(text) => text,
         };
         if self.options.read_receipts
@@ -82,7 +90,10 @@ impl TurnRunner {
         };
         // The claim recorded that this turn began; every later write keeps it.
         turn.progress.started = true;
-        let error = match self.ask_engine(&request, to, turn.msg_ref).await {
+        let error = match self
+            .ask_engine(&request, to, turn.attempt.sender, turn.msg_ref)
+            .await
+        {
             Ok(reply) => return Ok(self.render(&reply)),
             Err(error) => error,
         };
@@ -166,25 +177,62 @@ impl TurnRunner {
         &self,
         request: &Turn<'_>,
         to: &Recipient,
+        owner: &str,
         msg_ref: &str,
     ) -> Result<String, EngineError> {
         let (notices, mut pending) = tokio::sync::mpsc::unbounded_channel();
         let reply = self.engine.reply_with_notices(request, &notices);
         tokio::pin!(reply);
+        let mut told_to_use_the_app = false;
         loop {
             tokio::select! {
                 result = &mut reply => return result,
                 Some(notice) = pending.recv() => {
-                    let text = match notice {
-                        Notice::Text(text) => text,
-                        Notice::Approval(_) => APPROVAL_NOTICE.to_string(),
+                    let sent = match notice {
+                        Notice::Text(text) => self.messenger.send_text(to, &text).await,
+                        Notice::Approval(approval) => {
+                            match self.approval_buttons(&approval, owner) {
+                                Some(buttons) => {
+                                    tracing::info!(msg = %msg_ref, to = %mask(to.key()), "approval asked in WhatsApp");
+                                    let body = approval_body(&approval);
+                                    self.messenger.send_buttons(to, &body, &buttons).await
+                                }
+                                None if told_to_use_the_app => Ok(()),
+                                None => {
+                                    told_to_use_the_app = true;
+                                    self.messenger.send_text(to, APPROVAL_NOTICE).await
+                                }
+                            }
+                        }
                     };
-                    if let Err(e) = self.messenger.send_text(to, &text).await {
+                    if let Err(e) = sent {
                         tracing::warn!(error = %e, msg = %msg_ref, "could not send an interim notice");
                     }
                 }
             }
         }
+    }
+
+    /// Approve / Deny buttons whose ids only `owner` can use, valid as long as the
+    /// engine waits; `None` when approvals are not asked in WhatsApp (or cannot be).
+    fn approval_buttons(
+        &self,
+        approval: &ApprovalRequest,
+        owner: &str,
+    ) -> Option<Vec<ReplyButton>> {
+        let keys = &self.options.approval_keys;
+        if keys.is_empty() {
+            return None;
+        }
+        let expires_at = self.now() + approval.timeout_secs;
+        let button = |decision: Decision| {
+            Some(ReplyButton {
+                id: button_id(keys, decision, &approval.action_id, owner, expires_at)?,
+                title: decision.title().to_string(),
+            })
+        };
+        let buttons = vec![button(Decision::Approve)?, button(Decision::Deny)?];
+        Some(buttons)
     }
 
     async fn send_parts(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::reply::TurnState;
 use super::{Accepted, Action, Delivery, Outcome};
-use crate::domain::{Clock, Mode, SessionRecord, mask};
+use crate::domain::{Clock, Mode, Secret, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
@@ -26,6 +26,9 @@ pub struct TurnOptions {
     pub sender_wait: Duration,
     /// Longest reply part, in UTF-16 code units.
     pub max_part_units: usize,
+    /// Keys that sign Tier 3 approval buttons (the app secrets); empty: approvals
+    /// are announced with a text notice instead of buttons.
+    pub approval_keys: Vec<Secret>,
 }
 
 pub struct TurnRunner {
@@ -53,7 +56,12 @@ impl TurnRunner {
         }
     }
 
-    fn now(&self) -> u64 {
+    /// The process is about to be frozen (a Lambda invocation ended).
+    pub async fn park(&self) {
+        self.engine.park().await;
+    }
+
+    pub(super) fn now(&self) -> u64 {
         (self.clock)()
     }
 

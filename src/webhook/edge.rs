@@ -17,7 +17,7 @@ use super::verify::{Verification, verify_subscription};
 use super::walk::collect_messages;
 use crate::app::{App, Dispatch};
 use crate::queue::{QueueError, TurnQueue};
-use crate::turn::{Accepted, Outcome};
+use crate::turn::{Accepted, Action, Outcome};
 
 impl App {
     /// Answer one HTTP request. Never panics on input; every refusal says why.
@@ -89,6 +89,7 @@ impl App {
         // Meta may batch several messages of one sender: answer them in the order written.
         messages.sort_by_key(|m| m.timestamp);
         let mut by_sender: Vec<(String, Vec<Accepted>)> = Vec::new();
+        let mut taps = Vec::new();
         for message in messages {
             let Some(accepted) = self
                 .senders
@@ -97,12 +98,20 @@ impl App {
             else {
                 continue;
             };
+            if matches!(accepted.action, Action::Approval(_)) {
+                // The sender's turn waits for this tap: it cannot queue behind it.
+                taps.push(accepted);
+                continue;
+            }
             match by_sender.iter_mut().find(|(k, _)| *k == accepted.state_key) {
                 Some((_, batch)) => batch.push(accepted),
                 None => by_sender.push((accepted.state_key.clone(), vec![accepted])),
             }
         }
         let mut worst = Outcome::Settled;
+        for tap in &taps {
+            worst = worst.max(self.turns.decide(tap).await);
+        }
         for (state_key, batch) in by_sender {
             let outcome = match &self.dispatch {
                 Dispatch::Sync => self.serve_sender(&state_key, batch).await,

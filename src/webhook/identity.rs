@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::payload::{Content, InboundMessage};
 use crate::commands::{Command, UNSUPPORTED_TEXT};
-use crate::domain::{AllowList, Clock, Recipient, mask};
+use crate::domain::{AllowList, Clock, Recipient, is_approval_button, mask};
 use crate::state::{SessionStore, message_key};
 use crate::turn::{Accepted, Action};
 
@@ -55,6 +55,8 @@ impl SenderPolicy {
             return None;
         }
         let action = match message.content {
+            // Only the button's id decides: a typed "yes" is a message for the agent.
+            Content::Reply { id, .. } if is_approval_button(&id) => Action::Approval(id),
             Content::Text(t) | Content::Reply { title: t, .. } if t.trim().is_empty() => {
                 return None;
             }

@@ -9,6 +9,7 @@ mod helpers;
 mod moto;
 mod openparallax_fake;
 
+mod approvals;
 mod config_docs;
 mod crash_recovery;
 mod dynamodb_store;

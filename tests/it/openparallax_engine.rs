@@ -646,3 +646,29 @@ async fn without_a_notice_channel_the_approval_notice_goes_before_the_reply() {
 
     assert_eq!(reply, format!("{APPROVAL_NOTICE}\n\nI did not install it."));
 }
+
+#[tokio::test]
+async fn a_parked_engine_lets_go_of_its_socket_and_opens_a_new_one_when_needed() {
+    let fake = Fake::start(|session| vec![complete(session, "ok")]).await;
+    let engine = fake.engine(None, LONG);
+    assert_eq!(
+        engine
+            .reply(&turn(SESSION, "1", Mode::Normal))
+            .await
+            .expect("1"),
+        "ok"
+    );
+    assert_eq!(fake.open_sockets(), 1);
+
+    engine.park().await;
+
+    eventually("the socket is closed", async || fake.open_sockets() == 0).await;
+    assert_eq!(
+        engine
+            .reply(&turn(SESSION, "2", Mode::Normal))
+            .await
+            .expect("2"),
+        "ok"
+    );
+    assert_eq!(fake.upgrades(), 2);
+}

@@ -8,8 +8,10 @@
 //! - a run's events go to every socket subscribed to its session, a socket being
 //!   subscribed once it sent a message on it; the run goes on when its socket closes
 //!   or sends `cancel` (`internal/engine/engine_tools.go`, `broadcaster.go`);
-//! - the agent runs one message at a time for the whole engine
-//!   (`cmd/agent/internal_agent.go`);
+//! - the agent runs one message at a time for the whole engine, and holds one more
+//!   (`processCh`, `cmd/agent/internal_agent.go`): with two or more waiting while a
+//!   run waits for a tool result, the agent's stream reader blocks, the result never
+//!   arrives, and the engine is wedged;
 //! - Tier 3: `tier3_approval_required` with `tier3_approval{action_id, tool_name,
 //!   reasoning, timeout_secs}`; the run blocks until any socket sends
 //!   `tier3_decision` or the timeout passes (a deny, with no event) (`tier3.go`);
@@ -102,6 +104,8 @@ pub struct State {
     refused_upgrades: AtomicUsize,
     rate_limited: AtomicUsize,
     finished_runs: AtomicUsize,
+    /// Messages forwarded to the agent and not yet taken by it.
+    queued_runs: AtomicUsize,
 }
 
 pub struct Fake {
@@ -162,6 +166,7 @@ impl FakeBuilder {
             refused_upgrades: AtomicUsize::new(0),
             rate_limited: AtomicUsize::new(0),
             finished_runs: AtomicUsize::new(0),
+            queued_runs: AtomicUsize::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -533,8 +538,10 @@ fn start_run(state: &Arc<State>, conn: u64, frame: Value) {
         json!({"session": session, "message_id": run, "content_len": content_len}),
     );
     let state = state.clone();
+    state.queued_runs.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         let _agent = state.agent.lock().await;
+        state.queued_runs.fetch_sub(1, Ordering::SeqCst);
         let mut steps: VecDeque<Step> = (state.script)(&session).into();
         while let Some(step) = steps.pop_front() {
             match step {
@@ -589,6 +596,10 @@ fn start_run(state: &Arc<State>, conn: u64, frame: Value) {
                                 false
                             }
                         };
+                    if state.queued_runs.load(Ordering::SeqCst) >= 2 {
+                        // The decision (a tool result) can no longer reach the agent.
+                        std::future::pending::<()>().await;
+                    }
                     let branch = if approved_now { approved } else { denied };
                     for step in branch.into_iter().rev() {
                         steps.push_front(step);

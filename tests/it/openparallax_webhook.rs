@@ -140,3 +140,29 @@ async fn tier3_approval_is_announced_at_once_and_the_final_reply_follows() {
         "one notice, sent before the reply, and not repeated in it"
     );
 }
+
+#[tokio::test]
+async fn a_lambda_invocation_lets_go_of_the_engine_socket_when_it_ends() {
+    // A frozen Lambda must not hold a socket the engine writes its logs to.
+    let fake = Fake::start(|session| vec![complete(session, "hello from the engine")]).await;
+    let h = Harness::builder()
+        .engine(Arc::new(fake.engine(None, Duration::from_secs(5))))
+        .options(|o| {
+            o.app_secrets = vec![whatsapp_webhook::domain::Secret::new(
+                "whatsapp-webhook-test-secret",
+            )]
+        })
+        .build()
+        .await;
+    h.graph_accepts().await;
+    let event = std::fs::read_to_string(crate::lambda_events::events_dir().join("text.json"))
+        .expect("events/text.json");
+    let event = serde_json::from_str(&event).expect("JSON");
+
+    let response = whatsapp_webhook::server::lambda_event(&h.app, event, None).await;
+
+    assert_eq!(response["statusCode"], 200);
+    assert_eq!(h.sent_bodies().await, ["hello from the engine"]);
+    assert_eq!(fake.upgrades(), 1);
+    eventually("the socket is closed", async || fake.open_sockets() == 0).await;
+}

@@ -116,22 +116,28 @@ async fn one_senders_turns_keep_their_order_whatever_their_latency() {
 
 #[tokio::test]
 async fn two_senders_turns_run_at_once() {
-    let mut fake = fake_by_run(|run, session| match run {
-        0 => vec![
-            Step::Work(Duration::from_secs(20)),
-            complete(session, "slow answer"),
-        ],
-        _ => vec![complete(session, "quick answer")],
-    })
-    .await;
-    let h = queued_with(&fake, Duration::from_secs(60)).await;
+    // The first sender's turn is held in the engine; the second sender's is not
+    // queued behind it (the OpenParallax engine itself takes one turn at a time, see
+    // `approvals::other_senders_wait_their_turn_without_wedging_the_engine`).
+    let engine = Arc::new(GatedEngine::default());
+    let h = Harness::builder()
+        .engine(engine.clone())
+        .queued_local()
+        .build()
+        .await;
+    h.graph_accepts().await;
     h.post_json(&text_message("15550000001", "wamid.A", "slow"))
         .await;
-    assert_eq!(fake.next_frame().await["content"], "slow");
+    engine.first_turn_started().await;
     h.post_json(&text_message("15550000002", "wamid.B", "quick"))
         .await;
     eventually("the second sender's reply", async || {
-        h.sent_bodies().await == ["quick answer"]
+        h.sent_bodies().await == ["re: quick"]
+    })
+    .await;
+    engine.open();
+    eventually("the first sender's reply", async || {
+        h.sent_bodies().await == ["re: quick", "re: slow"]
     })
     .await;
 }

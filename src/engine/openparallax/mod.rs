@@ -35,6 +35,7 @@ mod endpoints;
 mod router;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,6 +59,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// First wait after a 429; doubled each time, at most [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Bound on the polite close of a parked socket.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// Time a Tier 3 decision may take to reach the engine.
 const DECISION_BUDGET: Duration = Duration::from_secs(10);
 /// Error codes after which the agent still sends a `response_complete`
@@ -73,6 +76,13 @@ pub struct OpenParallaxEngine {
     /// The shared socket and what the login found. Held while connecting, so
     /// concurrent turns wait for one connection instead of each opening their own.
     link: tokio::sync::Mutex<Link>,
+    /// One turn at a time goes to the engine. Its agent runs one message at a time
+    /// anyway, and holds only one more (`processCh` in `cmd/agent/internal_agent.go`):
+    /// a further message, sent while a run waits for a tool result (a Tier 3
+    /// approval), blocks the agent's stream and wedges it for good.
+    turn_slot: tokio::sync::Semaphore,
+    /// Turns waiting for [`Self::turn_slot`].
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -211,7 +221,14 @@ impl OpenParallaxEngine {
             password,
             timeout,
             link: tokio::sync::Mutex::new(Link::default()),
+            turn_slot: tokio::sync::Semaphore::new(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Turns of this process waiting for the engine to finish another turn.
+    pub fn turns_waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     fn endpoints(&self) -> Result<&Endpoints, EngineError> {
@@ -398,6 +415,16 @@ impl OpenParallaxEngine {
 
     async fn run(&self, turn: &Turn<'_>, notices: Option<&Notices>) -> Result<String, EngineError> {
         let deadline = Instant::now() + self.timeout;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = tokio::time::timeout_at(deadline, self.turn_slot.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Ok(_slot)) = slot else {
+            // Nothing was sent: the turn was never taken.
+            return Err(EngineError::Unreachable(format!(
+                "the engine was busy with this process's other turns for {:?}",
+                self.timeout
+            )));
+        };
         let connection = match tokio::time::timeout_at(deadline, self.connection(deadline)).await {
             Ok(connection) => connection?,
             // Nothing was sent: the turn was never taken.
@@ -485,6 +512,21 @@ impl Engine for OpenParallaxEngine {
         notices: &Notices,
     ) -> Result<String, EngineError> {
         self.run(turn, Some(notices)).await
+    }
+
+    /// A frozen Lambda must not keep the socket: the engine writes every log line to
+    /// every socket, and writes to a peer that stopped reading would end up blocking
+    /// them (`broadcastLogEntry`). The next invocation opens a new one.
+    async fn park(&self) {
+        let mut link = self.link.lock().await;
+        let Some(connection) = link.connection.take() else {
+            return;
+        };
+        if lock(&connection.router).is_waiting() {
+            link.connection = Some(connection);
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, connection.send(Message::Close(None))).await;
     }
 
     async fn decide(&self, action_id: &str, decision: Decision) -> Result<(), EngineError> {

@@ -219,6 +219,11 @@ impl Router {
         runs.push_back(run);
     }
 
+    /// Whether a turn waits for its run.
+    pub(super) fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Every waiting turn learns that the connection is gone (its channel closes).
     pub(super) fn close_all(&mut self) {
         self.waiting.clear();
