@@ -535,7 +535,7 @@ mod tests {
     fn the_body_names_the_tool_the_reasoning_and_the_time() {
         assert_eq!(
             approval_body(&request("shell_exec", "Deletes /tmp/x.", 300)),
-            "Approval needed: *shellexec*\n\nDeletes /tmp/x.\n\nTap Approve or Deny within 5 minutes."
+            "Approval needed: *shell_exec*\n\nDeletes /tmp/x.\n\nTap Approve or Deny within 5 minutes."
         );
         assert_eq!(
             approval_body(&request("read", "  ", 60)),
