@@ -312,6 +312,36 @@ fn auto_turns_are_queued_for_openparallax_and_sync_otherwise() {
 }
 
 #[test]
+fn tier3_buttons_are_on_for_queued_turns_unless_set() {
+    let openparallax = [
+        ("ENGINE_KIND", "openparallax"),
+        ("ENGINE_URL", "ws://127.0.0.1:3100/api/ws"),
+        (
+            "TURNS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/t.fifo",
+        ),
+    ];
+    let queued = lambda_with(&openparallax).unwrap();
+    assert!(
+        queued.app.tier3_from_whatsapp,
+        "a queued turn can wait for a tap"
+    );
+    let sync = lambda_with(&[("ENGINE_KIND", "echo")]).unwrap();
+    assert!(
+        !sync.app.tier3_from_whatsapp,
+        "a sync turn cannot wait 300 s"
+    );
+    let mut off = openparallax.to_vec();
+    off.push(("ENGINE_TIER3_FROM_WHATSAPP", "false"));
+    assert!(!lambda_with(&off).unwrap().app.tier3_from_whatsapp);
+    let on = lambda_with(&[
+        ("ENGINE_KIND", "echo"),
+        ("ENGINE_TIER3_FROM_WHATSAPP", "true"),
+    ]);
+    assert!(on.unwrap().app.tier3_from_whatsapp);
+}
+
+#[test]
 fn queued_lambda_without_a_queue_refuses_to_start_with_one_line() {
     let err = lambda_with(&[("TURNS_MODE", "queued")]).unwrap_err();
     assert_eq!(err.field, "turns.queue_url");

@@ -29,19 +29,6 @@ async fn approval_harness_with(engine: Arc<OpenParallaxEngine>) -> Harness {
     h
 }
 
-fn install_script(timeout_secs: u64) -> impl Fn(&str) -> Vec<Step> + Send + Sync + 'static {
-    move |session: &str| {
-        vec![
-            action_started(session),
-            tier3(
-                timeout_secs,
-                vec![complete(session, "Done: the package is installed.")],
-                vec![complete(session, "I did not install it.")],
-            ),
-        ]
-    }
-}
-
 /// The interactive messages sent through the Graph API.
 async fn sent_buttons(h: &Harness) -> Vec<Value> {
     h.calls()
@@ -93,7 +80,7 @@ async fn an_approval_tapped_in_whatsapp_finishes_the_turn_with_the_engines_reply
         (true, "Done: the package is installed.", "approve"),
         (false, "I did not install it.", "deny"),
     ] {
-        let fake = Fake::start(install_script(300)).await;
+        let fake = Fake::start(install_with_approval(300)).await;
         let h = approval_harness(&fake).await;
         let said = h
             .post_json(&text_message(OWNER, "wamid.ASK", "install it"))
@@ -122,7 +109,7 @@ async fn an_approval_tapped_in_whatsapp_finishes_the_turn_with_the_engines_reply
 
 #[tokio::test]
 async fn only_the_sender_whose_turn_it_is_can_decide() {
-    let fake = Fake::start(install_script(300)).await;
+    let fake = Fake::start(install_with_approval(300)).await;
     let h = approval_harness(&fake).await;
     h.post_json(&text_message(OWNER, "wamid.ASK", "install it"))
         .await;
@@ -151,7 +138,7 @@ async fn only_the_sender_whose_turn_it_is_can_decide() {
 #[tokio::test]
 async fn a_tap_after_the_engine_stopped_waiting_is_told_it_expired() {
     // The engine waits 2 s, then denies (with no event).
-    let fake = Fake::start(install_script(2)).await;
+    let fake = Fake::start(install_with_approval(2)).await;
     let h = approval_harness(&fake).await;
     h.post_json(&text_message(OWNER, "wamid.ASK", "install it"))
         .await;
@@ -177,7 +164,7 @@ async fn a_tap_after_the_engine_stopped_waiting_is_told_it_expired() {
 #[tokio::test]
 async fn a_typed_yes_is_a_message_for_the_agent_not_a_decision() {
     let mut fake = Fake::by_run(|run, session| match run {
-        0 => install_script(300)(session),
+        0 => install_with_approval(300)(session),
         _ => vec![complete(session, "You said yes.")],
     })
     .start()
@@ -215,7 +202,7 @@ async fn other_senders_wait_their_turn_without_wedging_the_engine() {
     // The engine's agent holds one message behind the running one; two more while a
     // run waits for an approval would wedge it. The adapter sends one turn at a time.
     let fake = Fake::by_run(|run, session| match run {
-        0 => install_script(300)(session),
+        0 => install_with_approval(300)(session),
         _ => vec![complete(session, &format!("answer for {session}"))],
     })
     .start()

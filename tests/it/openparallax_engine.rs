@@ -546,19 +546,6 @@ async fn a_password_for_an_engine_without_a_login_route_is_not_needed() {
     assert_eq!(fake.upgrades(), 1);
 }
 
-fn approval_script(timeout_secs: u64) -> impl Fn(&str) -> Vec<Step> + Send + Sync + 'static {
-    move |session: &str| {
-        vec![
-            action_started(session),
-            tier3(
-                timeout_secs,
-                vec![complete(session, "Done: the package is installed.")],
-                vec![complete(session, "I did not install it.")],
-            ),
-        ]
-    }
-}
-
 /// Start a turn with notices; returns it and the approval request it announced.
 async fn approval_turn(
     engine: Arc<OpenParallaxEngine>,
@@ -585,7 +572,7 @@ async fn an_approval_decided_by_the_user_lets_the_run_finish() {
         (Decision::Approve, "Done: the package is installed."),
         (Decision::Deny, "I did not install it."),
     ] {
-        let fake = Fake::start(approval_script(300)).await;
+        let fake = Fake::start(install_with_approval(300)).await;
         let engine = Arc::new(fake.engine(None, LONG));
         let (turn, request) = approval_turn(engine.clone()).await;
         assert_eq!(request.tool_name, "execute_command");
@@ -615,7 +602,7 @@ async fn an_approval_decided_by_the_user_lets_the_run_finish() {
 
 #[tokio::test]
 async fn an_approval_nobody_answers_is_denied_by_the_engine() {
-    let fake = Fake::start(approval_script(1)).await;
+    let fake = Fake::start(install_with_approval(1)).await;
     let engine = Arc::new(fake.engine(None, LONG));
     let (turn, request) = approval_turn(engine.clone()).await;
 
@@ -636,7 +623,7 @@ async fn an_approval_nobody_answers_is_denied_by_the_engine() {
 
 #[tokio::test]
 async fn without_a_notice_channel_the_approval_notice_goes_before_the_reply() {
-    let fake = Fake::start(approval_script(1)).await;
+    let fake = Fake::start(install_with_approval(1)).await;
     let engine = fake.engine(None, LONG);
 
     let reply = engine

@@ -650,3 +650,20 @@ pub fn tier3(timeout_secs: u64, approved: Vec<Step>, denied: Vec<Step>) -> Step 
         denied,
     }
 }
+
+/// A run that asks for approval to install a package (timing out after
+/// `timeout_secs`), then says whether it did.
+pub fn install_with_approval(
+    timeout_secs: u64,
+) -> impl Fn(&str) -> Vec<Step> + Send + Sync + 'static {
+    move |session: &str| {
+        vec![
+            action_started(session),
+            tier3(
+                timeout_secs,
+                vec![complete(session, "Done: the package is installed.")],
+                vec![complete(session, "I did not install it.")],
+            ),
+        ]
+    }
+}
