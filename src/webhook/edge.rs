@@ -5,7 +5,9 @@
 //! Lambda is frozen once it responds), 503 when another delivery holds a message, and
 //! 500 when something failed for now, so that Meta redelivers. Queued mode: 200 once
 //! every message is on the turn queue, 503 when the in-process queue is full, 500
-//! when the queue could not be reached.
+//! when the queue could not be reached. In both modes a tap on a Tier 3 approval
+//! button goes to the engine at once: the sender's turn that waits for it is ahead of
+//! it in any queue.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
