@@ -25,6 +25,14 @@ pub const DEFAULT_ENGINE_TIMEOUT_SECS: u64 = 25;
 /// Queued turns run in a worker, not inside a webhook request: room for an agent run
 /// with tools, sub-agents and a Tier 3 approval (up to 300 s).
 pub const DEFAULT_QUEUED_ENGINE_TIMEOUT_SECS: u64 = 600;
+/// Longest engine turn (an hour; a Lambda worker stops at 15 minutes anyway).
+pub const MAX_ENGINE_TIMEOUT_SECS: u64 = 3600;
+/// Longest lease: the longest turn and its margin, with room.
+pub const MAX_LEASE_SECS: u64 = 2 * MAX_ENGINE_TIMEOUT_SECS;
+/// Longest idle session (a year).
+pub const MAX_SESSION_IDLE_TTL_HOURS: u64 = 24 * 366;
+/// Longest wait of a message for an earlier one of its sender.
+pub const MAX_ORDER_HOLD_SECS: u64 = 3600;
 /// The message and sender leases of a queued turn outlive the engine's budget by this,
 /// so a live worker is never overtaken.
 pub const QUEUED_LEASE_MARGIN_SECS: u64 = 60;
@@ -364,6 +372,14 @@ impl RawConfig {
         };
 
         let allow_unsigned = w.allow_unsigned.unwrap_or(false);
+        if allow_unsigned && mode == RunMode::Lambda {
+            // A public URL that takes unsigned POSTs lets anyone talk to the agent.
+            return Err(ConfigError::new(
+                "channels.whatsapp.allow_unsigned",
+                "is refused in Lambda mode: the webhook URL is public",
+                "remove allow_unsigned (or WHATSAPP_ALLOW_UNSIGNED) and set the app secret",
+            ));
+        }
         let secret_env =
             non_empty(w.app_secret_env).unwrap_or_else(|| DEFAULT_APP_SECRET_ENV.to_string());
         let app_secrets: Vec<Secret> = env(&secret_env)
@@ -477,7 +493,12 @@ impl RawConfig {
             TurnMode::Sync => DEFAULT_ENGINE_TIMEOUT_SECS,
             TurnMode::Queued => DEFAULT_QUEUED_ENGINE_TIMEOUT_SECS,
         };
-        let engine_timeout = self.engine.timeout_secs.unwrap_or(default_timeout);
+        let engine_timeout = in_range(
+            "engine.timeout_secs",
+            self.engine.timeout_secs.unwrap_or(default_timeout),
+            1..=MAX_ENGINE_TIMEOUT_SECS,
+            "use e.g. 25 in sync mode (below API Gateway's 30 s) or 600 in queued mode",
+        )?;
         // A sync turn cannot wait the engine's 300 s for a tap.
         app.tier3_from_whatsapp = self
             .engine
@@ -554,13 +575,6 @@ fn validate_engine(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<EngineConfig, ConfigError> {
     let timeout_secs = e.timeout_secs.unwrap_or(default_timeout_secs);
-    if timeout_secs == 0 {
-        return Err(ConfigError::new(
-            "engine.timeout_secs",
-            "must be at least 1",
-            "use e.g. 25 (below the 30 s cut of API Gateway)",
-        ));
-    }
     let timeout = Duration::from_secs(timeout_secs);
     let kind = non_empty(e.kind).unwrap_or_else(|| "echo".to_string());
     match kind.as_str() {
@@ -647,32 +661,52 @@ fn validate_state(
             ));
         }
     };
-    let hours = s
-        .session_idle_ttl_hours
-        .unwrap_or(DEFAULT_SESSION_IDLE_TTL_HOURS);
-    if hours == 0 {
-        return Err(ConfigError::new(
-            "state.session_idle_ttl_hours",
-            "must be at least 1",
-            "use e.g. 720 (30 days)",
-        ));
-    }
-    let lease_secs = s.lease_secs.unwrap_or(default_lease_secs);
-    if lease_secs == 0 {
-        return Err(ConfigError::new(
-            "state.lease_secs",
-            "must be at least 1",
-            "use a little more than the function timeout, e.g. 40",
-        ));
-    }
+    let hours = in_range(
+        "state.session_idle_ttl_hours",
+        s.session_idle_ttl_hours
+            .unwrap_or(DEFAULT_SESSION_IDLE_TTL_HOURS),
+        1..=MAX_SESSION_IDLE_TTL_HOURS,
+        "use e.g. 720 (30 days)",
+    )?;
+    let lease_secs = in_range(
+        "state.lease_secs",
+        s.lease_secs.unwrap_or(default_lease_secs),
+        1..=MAX_LEASE_SECS,
+        "use a little more than the longest turn, e.g. 40 (sync) or the engine timeout + 60 (queued)",
+    )?;
+    let order_hold = match s.order_hold_secs {
+        Some(secs) => Duration::from_secs(in_range(
+            "state.order_hold_secs",
+            secs,
+            0..=MAX_ORDER_HOLD_SECS,
+            "use e.g. 60, or 0 to answer a message without waiting for an earlier one",
+        )?),
+        None => crate::state::DEFAULT_ORDER_HOLD,
+    };
     Ok(StateConfig {
         kind,
         session_idle_ttl: Duration::from_secs(hours * 3600),
         lease: Duration::from_secs(lease_secs),
-        order_hold: s
-            .order_hold_secs
-            .map_or(crate::state::DEFAULT_ORDER_HOLD, Duration::from_secs),
+        order_hold,
     })
+}
+
+/// `value` if it lies in `range`, else the one-line error naming `field`.
+fn in_range(
+    field: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    fix: &str,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+            fix,
+        ))
+    }
 }
 
 /// The secret held by the environment variable that `field` names, if it names one.

@@ -353,3 +353,49 @@ fn queued_lambda_without_a_queue_refuses_to_start_with_one_line() {
     let err = lambda_with(&[("TURNS_MODE", "later")]).unwrap_err();
     assert_eq!(err.field, "turns.mode");
 }
+
+#[test]
+fn every_number_has_a_range_checked_at_start() {
+    let huge = "18446744073709551615";
+    for (var, field) in [
+        ("SESSION_IDLE_TTL_HOURS", "state.session_idle_ttl_hours"),
+        ("STATE_LEASE_SECS", "state.lease_secs"),
+        ("STATE_ORDER_HOLD_SECS", "state.order_hold_secs"),
+        ("ENGINE_TIMEOUT_SECS", "engine.timeout_secs"),
+    ] {
+        let err = lambda_with(&[(var, huge)]).unwrap_err();
+        assert_eq!(err.field, field, "{var}");
+        let line = err.to_string();
+        assert!(line.contains("outside"), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+    for (var, zero_ok) in [
+        ("SESSION_IDLE_TTL_HOURS", false),
+        ("STATE_LEASE_SECS", false),
+        ("STATE_ORDER_HOLD_SECS", true),
+        ("ENGINE_TIMEOUT_SECS", false),
+    ] {
+        assert_eq!(lambda_with(&[(var, "0")]).is_ok(), zero_ok, "{var}=0");
+    }
+    // A queued engine timeout at its maximum still gives a lease in range.
+    let longest = lambda_with(&[
+        ("TURNS_MODE", "queued"),
+        (
+            "TURNS_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/t.fifo",
+        ),
+        ("ENGINE_TIMEOUT_SECS", "3600"),
+    ])
+    .unwrap();
+    assert_eq!(longest.state.lease, Duration::from_secs(3660));
+}
+
+#[test]
+fn unsigned_mode_is_refused_in_lambda_mode() {
+    let err = lambda_with(&[("WHATSAPP_ALLOW_UNSIGNED", "true")]).unwrap_err();
+    assert_eq!(err.field, "channels.whatsapp.allow_unsigned");
+    // Still allowed for local runs.
+    let yaml =
+        "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}";
+    assert!(load_with(yaml, &[]).unwrap().whatsapp.allow_unsigned);
+}

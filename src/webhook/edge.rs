@@ -47,7 +47,8 @@ impl App {
     fn verify(&self, query: Option<&str>) -> Response<Bytes> {
         match verify_subscription(query, self.options.verify_token.expose()) {
             Verification::Accepted(challenge) => {
-                tracing::info!("webhook verification accepted");
+                // Meta verifies rarely, but anyone may call it: no log line per call.
+                tracing::debug!("webhook verification accepted");
                 text(StatusCode::OK, challenge)
             }
             Verification::Missing(name) => text(StatusCode::BAD_REQUEST, format!("missing {name}")),
@@ -61,10 +62,13 @@ impl App {
     async fn receive(&self, request: &Request<Bytes>) -> Response<Bytes> {
         let body = request.body();
         if !self.options.app_secrets.is_empty() {
-            let header = request
-                .headers()
-                .get(SIGNATURE_HEADER)
-                .map(|v| v.as_bytes());
+            let mut headers = request.headers().get_all(SIGNATURE_HEADER).iter();
+            let header = headers.next().map(|v| v.as_bytes());
+            if headers.next().is_some() {
+                // Meta sends one; which of several to trust would be a guess.
+                tracing::warn!("POST with more than one X-Hub-Signature-256 refused");
+                return text(StatusCode::BAD_REQUEST, "more than one X-Hub-Signature-256");
+            }
             match check_signature(header, body, &self.options.app_secrets) {
                 SignatureCheck::Valid => {}
                 SignatureCheck::Missing => {
@@ -226,6 +230,11 @@ pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // The verification answer echoes a caller's string: never let a browser sniff it.
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
     );
     response
 }

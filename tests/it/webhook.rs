@@ -31,6 +31,7 @@ async fn verify_get_answers_the_challenge_as_plain_text() {
             .unwrap()
             .starts_with("text/plain")
     );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 }
 
 #[tokio::test]
@@ -100,6 +101,26 @@ async fn post_with_wrong_signature_is_403_and_nothing_happens() {
         .unwrap();
     assert_eq!(status(&h.app.handle(request).await), 403);
     assert!(h.calls().await.is_empty());
+}
+
+#[tokio::test]
+async fn two_signature_headers_are_refused_whichever_comes_first() {
+    let h = Harness::start().await;
+    let body = serde_json::to_vec(&fixture("text.json")).unwrap();
+    let good = whatsapp_webhook::webhook::signature::sign(APP_SECRET, &body);
+    let bad = whatsapp_webhook::webhook::signature::sign("not-the-secret", &body);
+    for (first, second) in [(&good, &bad), (&bad, &good)] {
+        let request = http::Request::post("/webhook")
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", first.as_str())
+            .header("x-hub-signature-256", second.as_str())
+            .body(bytes::Bytes::from(body.clone()))
+            .unwrap();
+        let response = h.app.handle(request).await;
+        assert_eq!(status(&response), 400);
+        assert!(body_text(&response).contains("more than one"));
+    }
+    assert!(h.calls().await.is_empty(), "nothing answered");
 }
 
 #[tokio::test]
