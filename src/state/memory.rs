@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Place, Progress, SessionStore, StateError, is_live,
-    message_key, place_in_line, waiting_entry,
+    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Place, Progress, SessionMove, SessionStore,
+    StateError, is_live, message_key, place_in_line, waiting_entry,
 };
 use crate::domain::SessionRecord;
 
@@ -331,6 +331,38 @@ impl SessionStore for MemoryStore {
 
     async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError> {
         Ok(self.tables()?.users.get(user_id).cloned())
+    }
+
+    async fn move_session(
+        &self,
+        from: &str,
+        to: &str,
+        now: u64,
+    ) -> Result<SessionMove, StateError> {
+        if from == to {
+            return Ok(SessionMove::NothingToMove);
+        }
+        let idle = self.session_idle_ttl.as_secs();
+        let live =
+            |s: &Option<SessionRecord>| s.as_ref().is_some_and(|s| s.updated_at + idle > now);
+        let mut tables = self.tables()?;
+        let Some(session) = tables
+            .senders
+            .get(from)
+            .filter(|s| live(&s.session))
+            .and_then(|s| s.session.clone())
+        else {
+            return Ok(SessionMove::NothingToMove);
+        };
+        let target = tables.senders.entry(to.to_string()).or_default();
+        if live(&target.session) {
+            return Ok(SessionMove::Kept);
+        }
+        target.session = Some(session);
+        if let Some(old) = tables.senders.get_mut(from) {
+            old.session = None;
+        }
+        Ok(SessionMove::Moved)
     }
 }
 

@@ -175,6 +175,24 @@ pub trait SessionStore: Send + Sync {
     async fn link_user(&self, user_id: &str, sender: &str, now: u64) -> Result<(), StateError>;
     /// The sender key linked to `user_id`, if any.
     async fn linked_sender(&self, user_id: &str) -> Result<Option<String>, StateError>;
+    /// The user of sender key `from` now writes as `to` (WhatsApp's number change): the
+    /// session of `from` (id, mode, timestamps), unless expired, moves to `to`, unless
+    /// `to` already has a live session of its own; then nothing changes. Moving removes
+    /// it from `from`, so whoever gets the old number later does not continue it. The
+    /// leases and waiting lists of both keys are left alone.
+    async fn move_session(&self, from: &str, to: &str, now: u64)
+    -> Result<SessionMove, StateError>;
+}
+
+/// What [`SessionStore::move_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMove {
+    /// The session now lives under the new key only.
+    Moved,
+    /// The old key has no live session (none yet, expired, or moved already).
+    NothingToMove,
+    /// The new key already has a live session: both stay as they were.
+    Kept,
 }
 
 /// The stored key of a message id: a hash, so the table keeps no message ids

@@ -72,6 +72,12 @@ impl SenderPolicy {
                 tracing::info!(from = %mask(sender), msg = %msg_ref, kind = %kind, "message needs no answer");
                 return None;
             }
+            Content::NumberChanged(number) => {
+                let user_id = message.user_id.as_deref();
+                self.follow_number_change(&state_key, user_id, &number, &msg_ref)
+                    .await;
+                return None;
+            }
         };
         Some(Accepted {
             id: message.id,
@@ -108,6 +114,39 @@ impl SenderPolicy {
                 }
             },
             (Recipient::Phone(_), None) => message.sender.state_key(),
+        }
+    }
+
+    /// WhatsApp moved the user of `from_key` to `new_number`: their session follows
+    /// them, if the new number may talk to the bot too (`accept` checked the old one).
+    /// A redelivery finds nothing left to move. Sends nothing.
+    async fn follow_number_change(
+        &self,
+        from_key: &str,
+        user_id: Option<&str>,
+        new_number: &str,
+        msg_ref: &str,
+    ) {
+        let to = Recipient::Phone(new_number.to_string());
+        let to_key = to.state_key();
+        if !self.is_allowed(&to, &to_key) {
+            tracing::info!(from = %mask(from_key), to = %mask(new_number), msg = %msg_ref, "number change: the new number is not in allowed_numbers; session not moved");
+            return;
+        }
+        let now = (self.clock)();
+        match self.store.move_session(from_key, &to_key, now).await {
+            Ok(outcome) => {
+                tracing::info!(from = %mask(from_key), to = %mask(new_number), msg = %msg_ref, outcome = ?outcome, "number change: session follows the user");
+            }
+            Err(e) => {
+                tracing::warn!(from = %mask(from_key), to = %mask(new_number), msg = %msg_ref, error = %e, "number change: could not move the session");
+            }
+        }
+        // A username user's id now stands for the new number.
+        if let Some(user_id) = user_id
+            && let Err(e) = self.store.link_user(user_id, &to_key, now).await
+        {
+            tracing::warn!(error = %e, "could not link the user id to the new number");
         }
     }
 
@@ -254,6 +293,99 @@ mod tests {
             .await
             .expect("linked to an allowed number");
         assert_eq!(accepted.state_key, "16505551234");
+    }
+
+    /// A policy over `store`, where `old` has a finished session "s-old" (clock 1000).
+    async fn policy_with_session(
+        numbers: &[&str],
+        store: &Arc<MemoryStore>,
+        old: &str,
+    ) -> SenderPolicy {
+        let numbers: Vec<String> = numbers.iter().map(|n| n.to_string()).collect();
+        let attempt = crate::state::Attempt {
+            message_id: "wamid.OLD",
+            sender: old,
+            token: "t1",
+            timestamp: 990,
+            starts_turn: false,
+            merged: &[],
+        };
+        store.begin(&attempt, 990).await.expect("begin");
+        let session = crate::domain::SessionRecord {
+            id: "s-old".into(),
+            mode: crate::domain::Mode::Normal,
+            created_at: 990,
+            updated_at: 990,
+        };
+        store.finish(&attempt, &session, 990).await.expect("finish");
+        SenderPolicy::new(
+            AllowList::parse(&numbers).expect("numbers"),
+            Vec::new(),
+            store.clone(),
+            Arc::new(|| 1_000),
+        )
+    }
+
+    fn number_change(from: &str, to: &str) -> InboundMessage {
+        message(
+            Recipient::Phone(from.into()),
+            None,
+            Content::NumberChanged(to.into()),
+        )
+    }
+
+    fn memory_store() -> Arc<MemoryStore> {
+        Arc::new(MemoryStore::new(
+            Duration::from_secs(40),
+            Duration::from_secs(3600),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_number_change_moves_the_session_to_the_new_number() {
+        let store = memory_store();
+        let p = policy_with_session(&[], &store, "16505551234").await;
+        let change = number_change("16505551234", "12195555358");
+        assert!(p.accept(change, true).await.is_none(), "nothing to answer");
+        let moved = store.session("12195555358").expect("moved");
+        assert_eq!(moved.id, "s-old");
+        assert!(
+            store.session("16505551234").is_none(),
+            "gone from the old number"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_number_change_moves_nothing_unless_both_numbers_are_allowed() {
+        // The new number is not allowed: the session stays.
+        let store = memory_store();
+        let p = policy_with_session(&["+16505551234"], &store, "16505551234").await;
+        assert!(
+            p.accept(number_change("16505551234", "12195555358"), true)
+                .await
+                .is_none()
+        );
+        assert!(store.session("12195555358").is_none());
+        assert!(store.session("16505551234").is_some());
+        // The old number is not allowed: dropped before anything is read.
+        let store = memory_store();
+        let p = policy_with_session(&["+12195555358"], &store, "16505551234").await;
+        assert!(
+            p.accept(number_change("16505551234", "12195555358"), true)
+                .await
+                .is_none()
+        );
+        assert!(store.session("12195555358").is_none());
+        assert!(store.session("16505551234").is_some());
+        // Both allowed: moved.
+        let store = memory_store();
+        let p = policy_with_session(&["+16505551234", "+12195555358"], &store, "16505551234").await;
+        assert!(
+            p.accept(number_change("16505551234", "12195555358"), true)
+                .await
+                .is_none()
+        );
+        assert!(store.session("12195555358").is_some());
     }
 
     #[tokio::test]

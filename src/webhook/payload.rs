@@ -85,6 +85,8 @@ pub struct RawMessage {
     pub interactive: Option<Interactive>,
     #[serde(default)]
     pub button: Option<TemplateButton>,
+    #[serde(default)]
+    pub system: Option<SystemBody>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +97,10 @@ pub struct TextBody {
 
 #[derive(Debug, Deserialize)]
 pub struct Interactive {
+    /// `button_reply`, `list_reply`, `nfm_reply` (a completed flow),
+    /// `call_permission_reply`...
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
     #[serde(default)]
     pub button_reply: Option<Choice>,
     #[serde(default)]
@@ -108,6 +114,44 @@ pub struct Choice {
     pub id: String,
     #[serde(default)]
     pub title: String,
+}
+
+/// A `system` message's `system` object. Its `body` ("User X changed from A to B")
+/// names the user and both numbers: it is never read.
+#[derive(Debug, Deserialize)]
+pub struct SystemBody {
+    /// `user_changed_number` (`customer_changed_number` before Graph API v12),
+    /// `user_changed_user_id`...
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The user's new WhatsApp id (their new number) after a number change.
+    #[serde(default)]
+    pub wa_id: Option<String>,
+    /// The new id as Graph API versions before v12 sent it (a string or a number).
+    #[serde(default)]
+    pub new_wa_id: Option<serde_json::Value>,
+}
+
+impl SystemBody {
+    /// The new number (digits) of a number change; `None` for other system messages.
+    fn new_number(self) -> Option<String> {
+        if !matches!(
+            self.kind.as_deref(),
+            Some("user_changed_number" | "customer_changed_number")
+        ) {
+            return None;
+        }
+        let legacy = match self.new_wa_id {
+            Some(serde_json::Value::String(id)) => Some(id),
+            Some(serde_json::Value::Number(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        self.wa_id
+            .into_iter()
+            .chain(legacy)
+            .map(|id| digits(&id))
+            .find(|d| !d.is_empty())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,8 +169,12 @@ pub enum Content {
     Reply { id: String, title: String },
     /// A type this adapter cannot read (image, audio, location...): gets a notice.
     NonText(String),
-    /// Needs no answer: reactions, `unsupported`, `system`, and unknown shapes.
+    /// Needs no answer: reactions, deletions, edits, flow and call-permission replies,
+    /// `unsupported`, `system`, and unknown shapes. The kind, for logs.
     Silent(String),
+    /// The user's WhatsApp account moved to another number (digits): their session
+    /// follows them.
+    NumberChanged(String),
 }
 
 /// A message after parsing, with its sender resolved.
@@ -166,13 +214,28 @@ impl RawMessage {
                     list_reply: Some(c),
                     ..
                 }) => Content::Text(c.title),
+                // A completed flow and a call-permission answer reply to messages this
+                // adapter never sends: nothing to say, and "only text" would be wrong.
+                Some(Interactive { kind: Some(k), .. })
+                    if matches!(k.as_str(), "nfm_reply" | "call_permission_reply") =>
+                {
+                    Content::Silent(format!("interactive/{k}"))
+                }
                 _ => Content::NonText(kind),
             },
             "button" => match self.button {
                 Some(b) => Content::Text(b.text),
                 None => Content::NonText(kind),
             },
-            "reaction" | "unsupported" | "system" | "request_welcome" | "" => Content::Silent(kind),
+            "system" => match self.system.and_then(SystemBody::new_number) {
+                Some(number) => Content::NumberChanged(number),
+                None => Content::Silent(kind),
+            },
+            // An edit is not answered: the original message was answered already, and
+            // asking the agent again would answer (and act) twice for one request.
+            // A deletion (`revoke`) cannot take back an answer either.
+            "reaction" | "unsupported" | "request_welcome" | "revoke" | "edit" | "ephemeral"
+            | "" => Content::Silent(kind),
             _ => Content::NonText(kind),
         };
         Some(InboundMessage {
@@ -246,7 +309,87 @@ mod tests {
             "button": {"payload": "p", "text": "Stop promotions"}
         });
         assert_eq!(content(template), Content::Text("Stop promotions".into()));
-        let neither = interactive(json!({"type": "nfm_reply", "nfm_reply": {}}));
+        let neither = interactive(json!({"type": "other_reply", "other_reply": {}}));
         assert_eq!(content(neither), Content::NonText("interactive".into()));
+    }
+
+    /// The first message of a fixture in `tests/fixtures/`.
+    fn fixture_message(body: &str) -> Value {
+        let body: Value = serde_json::from_str(body).expect("fixture is JSON");
+        body["entry"][0]["changes"][0]["value"]["messages"][0].clone()
+    }
+
+    #[test]
+    fn deletions_edits_and_notices_need_no_answer() {
+        for (fixture, kind) in [
+            (include_str!("../../tests/fixtures/revoke.json"), "revoke"),
+            (include_str!("../../tests/fixtures/edit.json"), "edit"),
+            (
+                include_str!("../../tests/fixtures/reaction.json"),
+                "reaction",
+            ),
+            (
+                include_str!("../../tests/fixtures/unsupported.json"),
+                "unsupported",
+            ),
+            (
+                include_str!("../../tests/fixtures/request-welcome.json"),
+                "request_welcome",
+            ),
+        ] {
+            assert_eq!(
+                content(fixture_message(fixture)),
+                Content::Silent(kind.into()),
+                "{kind}"
+            );
+        }
+        let ephemeral = json!({"id": "wamid.3", "from": "15557654321", "type": "ephemeral"});
+        assert_eq!(content(ephemeral), Content::Silent("ephemeral".into()));
+        let user_id_changed = json!({
+            "id": "wamid.4", "from": "15557654321", "type": "system",
+            "system": {"body": "...", "type": "user_changed_user_id"}
+        });
+        assert_eq!(content(user_id_changed), Content::Silent("system".into()));
+    }
+
+    #[test]
+    fn flow_and_call_permission_replies_need_no_answer() {
+        let flow = fixture_message(include_str!("../../tests/fixtures/flow-reply.json"));
+        assert_eq!(
+            content(flow),
+            Content::Silent("interactive/nfm_reply".into())
+        );
+        let call = fixture_message(include_str!(
+            "../../tests/fixtures/call-permission-reply.json"
+        ));
+        assert_eq!(
+            content(call),
+            Content::Silent("interactive/call_permission_reply".into())
+        );
+    }
+
+    #[test]
+    fn a_number_change_names_the_new_number() {
+        let change = fixture_message(include_str!(
+            "../../tests/fixtures/system-number-changed.json"
+        ));
+        assert_eq!(
+            content(change),
+            Content::NumberChanged("12195555358".into())
+        );
+        // Before Graph API v12: `customer_changed_number` with `new_wa_id`.
+        let legacy = json!({
+            "id": "wamid.4", "from": "16505551234", "type": "system",
+            "system": {"body": "...", "new_wa_id": 12195555358_u64, "type": "customer_changed_number"}
+        });
+        assert_eq!(
+            content(legacy),
+            Content::NumberChanged("12195555358".into())
+        );
+        let without_number = json!({
+            "id": "wamid.5", "from": "16505551234", "type": "system",
+            "system": {"body": "...", "type": "user_changed_number"}
+        });
+        assert_eq!(content(without_number), Content::Silent("system".into()));
     }
 }

@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType, TimeToLiveStatus};
 use whatsapp_webhook::domain::{Mode, SessionRecord};
 use whatsapp_webhook::state::dynamodb::create_table;
 use whatsapp_webhook::state::{
-    Attempt, Begin, Claim, DynamoStore, MemoryStore, Merged, Progress, SessionStore, StateError,
-    waiting_entry,
+    Attempt, Begin, Claim, DynamoStore, MemoryStore, Merged, Progress, SessionMove, SessionStore,
+    StateError, waiting_entry,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -729,6 +729,154 @@ async fn a_turn_begins_with_its_claim(store: &dyn SessionStore) {
     assert!(progress.is_fresh(), "handed back un-begun: {progress:?}");
 }
 
+/// `sender` answered one message at `at` and keeps `session`.
+async fn with_session(
+    store: &dyn SessionStore,
+    sender: &str,
+    id: &str,
+    s: &SessionRecord,
+    at: u64,
+) {
+    let a = attempt(id, sender, id);
+    assert!(matches!(
+        store.begin(&a, at).await.unwrap(),
+        Begin::Ready { .. }
+    ));
+    store.finish(&a, s, at).await.unwrap();
+}
+
+async fn a_session_moves_to_the_new_number(store: &dyn SessionStore) {
+    let (old, new) = ("4915550030", "4915550031");
+    assert_eq!(
+        store.move_session(old, new, T0).await.unwrap(),
+        SessionMove::NothingToMove,
+        "no session yet"
+    );
+    let s = session("s-move", Mode::Otr, T0);
+    with_session(store, old, "wamid.MV1", &s, T0).await;
+    assert_eq!(
+        store.move_session(old, old, T0 + 1).await.unwrap(),
+        SessionMove::NothingToMove,
+        "same key"
+    );
+    assert_eq!(
+        store.move_session(old, new, T0 + 5).await.unwrap(),
+        SessionMove::Moved
+    );
+    // A redelivery of the number change finds nothing left to move.
+    assert_eq!(
+        store.move_session(old, new, T0 + 6).await.unwrap(),
+        SessionMove::NothingToMove
+    );
+    // The new number continues the session (id, mode, timestamps); the old one has none.
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV2", new, "t2"), T0 + 7)
+            .await
+            .unwrap(),
+        ready(Some(s), Progress::default())
+    );
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV3", old, "t3"), T0 + 7)
+            .await
+            .unwrap(),
+        ready(None, Progress::default())
+    );
+}
+
+async fn a_moved_session_never_replaces_a_live_one(store: &dyn SessionStore) {
+    let (old, new) = ("4915550032", "4915550033");
+    let s_old = session("s-old", Mode::Normal, T0);
+    let s_new = session("s-new", Mode::Normal, T0 + 1);
+    with_session(store, old, "wamid.MV4", &s_old, T0).await;
+    with_session(store, new, "wamid.MV5", &s_new, T0 + 1).await;
+    assert_eq!(
+        store.move_session(old, new, T0 + 2).await.unwrap(),
+        SessionMove::Kept
+    );
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV6", new, "t6"), T0 + 3)
+            .await
+            .unwrap(),
+        ready(Some(s_new), Progress::default())
+    );
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV7", old, "t7"), T0 + 3)
+            .await
+            .unwrap(),
+        ready(Some(s_old), Progress::default()),
+        "both stay as they were"
+    );
+}
+
+async fn expired_sessions_neither_move_nor_stay_in_the_way(store: &dyn SessionStore) {
+    let (old, new) = ("4915550034", "4915550035");
+    with_session(
+        store,
+        old,
+        "wamid.MV8",
+        &session("s1", Mode::Normal, T0),
+        T0,
+    )
+    .await;
+    assert_eq!(
+        store.move_session(old, new, T0 + IDLE).await.unwrap(),
+        SessionMove::NothingToMove,
+        "the old session expired"
+    );
+    // The new number's session expired; the old number's next one is live.
+    let (old, new) = ("4915550036", "4915550037");
+    with_session(
+        store,
+        new,
+        "wamid.MV9",
+        &session("s2", Mode::Normal, T0),
+        T0,
+    )
+    .await;
+    let live = session("s3", Mode::Normal, T0 + IDLE);
+    with_session(store, old, "wamid.MV10", &live, T0 + IDLE).await;
+    assert_eq!(
+        store.move_session(old, new, T0 + IDLE + 1).await.unwrap(),
+        SessionMove::Moved
+    );
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV11", new, "t11"), T0 + IDLE + 2)
+            .await
+            .unwrap(),
+        ready(Some(live), Progress::default())
+    );
+}
+
+async fn a_move_leaves_the_new_numbers_lease_alone(store: &dyn SessionStore) {
+    let (old, new) = ("4915550038", "4915550039");
+    let s = session("s-lease", Mode::Normal, T0);
+    with_session(store, old, "wamid.MV12", &s, T0).await;
+    // The new number's first message is being answered when the change arrives.
+    let first = attempt("wamid.MV13", new, "t13");
+    assert_eq!(
+        store.begin(&first, T0 + 1).await.unwrap(),
+        ready(None, Progress::default())
+    );
+    assert_eq!(
+        store.move_session(old, new, T0 + 2).await.unwrap(),
+        SessionMove::Moved
+    );
+    assert_eq!(
+        store
+            .begin(&attempt("wamid.MV14", new, "t14"), T0 + 3)
+            .await
+            .unwrap(),
+        Begin::SenderBusy,
+        "the lease is still held"
+    );
+    store.finish(&first, &s, T0 + 4).await.unwrap();
+}
+
 macro_rules! contract {
     ($($scenario:ident),* $(,)?) => {
         mod memory_store {
@@ -771,6 +919,10 @@ contract!(
     a_combined_turn_cut_short_keeps_the_reply_on_its_first_message,
     a_merged_message_that_waited_leaves_the_line_when_answered,
     a_merged_message_that_waited_leaves_the_line_when_its_reply_is_under_way,
+    a_session_moves_to_the_new_number,
+    a_moved_session_never_replaces_a_live_one,
+    expired_sessions_neither_move_nor_stay_in_the_way,
+    a_move_leaves_the_new_numbers_lease_alone,
 );
 
 // ---------------------------------------------------------------- DynamoDB only
@@ -1045,6 +1197,22 @@ async fn request_counts_per_operation() {
         .await
         .unwrap();
     assert_eq!(count(), 3, "begin + abandon");
+
+    let new = "4915550014";
+    assert_eq!(
+        env.store.move_session(sender, new, T0 + 5).await.unwrap(),
+        SessionMove::Moved
+    );
+    assert_eq!(
+        count(),
+        2,
+        "move_session: read the old session, one transaction"
+    );
+    assert_eq!(
+        env.store.move_session(sender, new, T0 + 6).await.unwrap(),
+        SessionMove::NothingToMove
+    );
+    assert_eq!(count(), 1, "move_session with nothing to move: the read");
 }
 
 fn production_store(endpoint: &str) -> DynamoStore {

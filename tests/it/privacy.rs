@@ -118,6 +118,9 @@ async fn logs_hold_no_secret_text_or_full_number() {
         &after,
         &fixture("status-failed.json"),
         &malformed_text,
+        &fixture("system-number-changed.json"),
+        &fixture("edit.json"),
+        &fixture("flow-reply.json"),
     ] {
         let bytes = serde_json::to_vec(body).expect("json");
         let r = client
@@ -172,6 +175,12 @@ async fn logs_hold_no_secret_text_or_full_number() {
         "4111",
         REPLY_TEXT,
         "15557654321",
+        // The number change's old and new numbers, the edited text, the flow's answers.
+        "16505551234",
+        "12195555358",
+        "Ada Lovelace",
+        "open on Friday",
+        "FLOW-TOKEN-1",
         "wamid.SAMPLE",
         "wamid.OTR",
     ] {

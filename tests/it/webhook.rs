@@ -466,6 +466,92 @@ async fn unsupported_and_reaction_messages_get_no_reply() {
 }
 
 #[tokio::test]
+async fn deletions_edits_flow_and_call_permission_replies_get_no_reply() {
+    let h = Harness::start().await;
+    for name in [
+        "revoke.json",
+        "edit.json",
+        "flow-reply.json",
+        "call-permission-reply.json",
+        "request-welcome.json",
+    ] {
+        assert_eq!(status(&h.post_json(&fixture(name)).await), 200, "{name}");
+    }
+    assert!(
+        h.calls().await.is_empty(),
+        "no notice, no read receipt, no engine turn"
+    );
+}
+
+#[tokio::test]
+async fn a_number_change_keeps_the_session_on_the_new_number() {
+    let h = Harness::start().await;
+    let change = fixture("system-number-changed.json");
+    let message = &change["entry"][0]["changes"][0]["value"]["messages"][0];
+    let old = message["from"].as_str().unwrap().to_string();
+    let new = message["system"]["wa_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(&h.post_json(&text_message(&old, "wamid.NC1", "hi")).await),
+        200
+    );
+    assert_eq!(status(&h.post_json(&change).await), 200);
+    assert_eq!(
+        status(&h.post_json(&change).await),
+        200,
+        "a redelivery changes nothing"
+    );
+    assert_eq!(
+        status(
+            &h.post_json(&text_message(&new, "wamid.NC2", "still me"))
+                .await
+        ),
+        200
+    );
+    let calls = h.engine_calls().await;
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0]["session_id"], calls[1]["session_id"],
+        "the session followed the user to the new number"
+    );
+    assert_eq!(h.sent_bodies().await, ["echo: hi", "echo: still me"]);
+    // The old number, should it come back, starts afresh.
+    assert_eq!(
+        status(&h.post_json(&text_message(&old, "wamid.NC3", "who?")).await),
+        200
+    );
+    let calls = h.engine_calls().await;
+    assert_ne!(calls[2]["session_id"], calls[1]["session_id"]);
+}
+
+#[tokio::test]
+async fn a_number_change_to_a_number_not_allowed_moves_nothing() {
+    let h = Harness::builder()
+        .options(|o| {
+            o.allowed_numbers =
+                AllowList::parse(&["+16505551234".into(), "+14155550100".into()]).unwrap()
+        })
+        .start()
+        .await;
+    let old = "16505551234";
+    h.post_json(&text_message(old, "wamid.NA1", "hi")).await;
+    // To a number off the list: the session stays with the old number.
+    let mut change = fixture("system-number-changed.json");
+    change["entry"][0]["changes"][0]["value"]["messages"][0]["system"]["wa_id"] =
+        json!("12195555358");
+    assert_eq!(status(&h.post_json(&change).await), 200);
+    h.post_json(&text_message(old, "wamid.NA2", "again")).await;
+    let calls = h.engine_calls().await;
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["session_id"], calls[1]["session_id"]);
+    assert!(
+        h.sent_bodies()
+            .await
+            .iter()
+            .all(|b| b.starts_with("echo: "))
+    );
+}
+
+#[tokio::test]
 async fn button_reply_is_taken_as_text() {
     let h = Harness::start().await;
     let payload = fixture("interactive-button.json");

@@ -163,7 +163,11 @@ impl DynamoStore {
     }
 
     /// The session of a sender item, unless it has been idle too long.
-    fn live_session(&self, item: &Item, now: u64) -> Result<Option<SessionRecord>, StateError> {
+    pub(super) fn live_session(
+        &self,
+        item: &Item,
+        now: u64,
+    ) -> Result<Option<SessionRecord>, StateError> {
         let idle = self.session_idle_ttl.as_secs();
         Ok(read_session(item)?.filter(|s| s.updated_at + idle > now))
     }

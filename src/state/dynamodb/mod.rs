@@ -68,6 +68,11 @@
 //!   whose reply was under way adds an UpdateItem taking its merged messages off the
 //!   waiting list.
 //!
+//! * `move_session` (a user's number change): 2 requests, a consistent GetItem of the
+//!   old sender item and one TransactWriteItems (session written on the new sender item
+//!   unless it has a live one, removed from the old); 1 (the GetItem) when there is
+//!   nothing to move. See `moving.rs`.
+//!
 //! So an ordinary message costs 3 requests. Every write is conditioned on the
 //! attempt's lease token; a failed condition means [`StateError::LostLease`].
 //!
@@ -82,15 +87,16 @@
 //!
 //! This file holds [`DynamoStore`] and its [`SessionStore`] implementation. `begin.rs`
 //! claims messages and leases senders, `settle.rs` writes `finish` / `abandon`,
-//! `item.rs` names and reads item attributes, `expressions.rs` holds the condition and
-//! update expressions, `errors.rs` turns SDK errors into [`StateError`]s and `admin.rs`
-//! creates the table and the client.
+//! `moving.rs` moves a session to a user's new number, `item.rs` names and reads item
+//! attributes, `expressions.rs` holds the condition and update expressions, `errors.rs`
+//! turns SDK errors into [`StateError`]s and `admin.rs` creates the table and the client.
 
 mod admin;
 mod begin;
 mod errors;
 mod expressions;
 mod item;
+mod moving;
 mod settle;
 
 use std::time::Duration;
@@ -109,7 +115,8 @@ use item::{
 };
 
 use super::{
-    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Progress, SessionRecord, SessionStore, StateError,
+    Attempt, Begin, Claim, DEFAULT_ORDER_HOLD, Progress, SessionMove, SessionRecord, SessionStore,
+    StateError,
 };
 
 /// The DynamoDB [`SessionStore`]: one table, laid out as the module doc describes.
@@ -249,5 +256,14 @@ impl SessionStore for DynamoStore {
             .and_then(|item| item.get(SENDER))
             .and_then(|v| v.as_s().ok())
             .cloned())
+    }
+
+    async fn move_session(
+        &self,
+        from: &str,
+        to: &str,
+        now: u64,
+    ) -> Result<SessionMove, StateError> {
+        self.move_sender_session(from, to, now).await
     }
 }
