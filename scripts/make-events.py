@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Regenerate events/*.json: API Gateway HTTP API v2 events wrapping Meta's webhook
 bodies, signed with the documented test app secret so that they pass the
-X-Hub-Signature-256 check of a local run (`make run`, `make watch`).
+X-Hub-Signature-256 check of a local run (`make run`, `make watch`); and hostile
+requests (characters a URI cannot carry in the query, path or Host header) as v2, REST
+(v1) and ALB events, which must be answered, never fail the invocation.
 
 The bodies come from tests/fixtures/ (each Meta fixture is kept there only); the
 command and long-message bodies are text.json with another id and text.
@@ -19,9 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 
 
-def event(method, query=None, body=None, signature=None):
+def event(method, query=None, body=None, signature=None, host=None, path="/webhook"):
     headers = {
-        "host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+        "host": host or "abcdef1234.execute-api.us-east-1.amazonaws.com",
         "user-agent": "facebookexternalua",
     }
     if body is not None:
@@ -31,7 +33,7 @@ def event(method, query=None, body=None, signature=None):
     e = {
         "version": "2.0",
         "routeKey": f"{method} /webhook",
-        "rawPath": "/webhook",
+        "rawPath": path,
         "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
         "headers": headers,
         "requestContext": {
@@ -41,7 +43,7 @@ def event(method, query=None, body=None, signature=None):
             "domainPrefix": "abcdef1234",
             "http": {
                 "method": method,
-                "path": "/webhook",
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": "173.252.95.10",
                 "userAgent": "facebookexternalua",
@@ -59,6 +61,61 @@ def event(method, query=None, body=None, signature=None):
     if body is not None:
         e["body"] = body
     return e
+
+
+def rest_event(query):
+    """An API Gateway REST API (payload 1.0) GET: it hands on the query decoded, as
+    single- and multi-value parameters, and every header twice as well."""
+    headers = {
+        "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+        "User-Agent": "facebookexternalua",
+        "X-Forwarded-Proto": "https",
+    }
+    return {
+        "resource": "/webhook",
+        "path": "/webhook",
+        "httpMethod": "GET",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": dict(query),
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()},
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abcdef1234",
+            "resourceId": "abc123",
+            "resourcePath": "/webhook",
+            "httpMethod": "GET",
+            "path": "/prod/webhook",
+            "stage": "prod",
+            "protocol": "HTTP/1.1",
+            "requestId": "sample-request-id",
+            "requestTimeEpoch": 1795795200000,
+            "identity": {"sourceIp": "173.252.95.10", "userAgent": "facebookexternalua"},
+            "domainName": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+        },
+        "body": None,
+        "isBase64Encoded": False,
+    }
+
+
+def alb_event(query):
+    """An ALB target group GET: the query parameters as the client wrote them."""
+    return {
+        "requestContext": {"elb": {"targetGroupArn":
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/webhook/0123456789abcdef"}},
+        "httpMethod": "GET",
+        "path": "/webhook",
+        "queryStringParameters": dict(query),
+        "headers": {
+            "host": "webhook-123.us-east-1.elb.amazonaws.com",
+            "user-agent": "facebookexternalua",
+            "x-forwarded-proto": "https",
+        },
+        "body": "",
+        "isBase64Encoded": False,
+    }
 
 
 def sign(body: str) -> str:
@@ -100,6 +157,14 @@ def main():
     out["bad-signature"] = (event("POST", body=body, signature=sign(body + " ")), 403)
     malformed = '{"object":"whatsapp_business_account","entry":[{'
     out["malformed-body"] = (event("POST", body=malformed, signature=sign(malformed)), 400)
+    # Hostile requests: answered (4xx, or 200 when the verification itself is fine).
+    out["query-bad-chars"] = (event("GET", {"a": '"{}|^ b'}), 400)
+    out["verify-bad-chars"] = (event("GET", {**verify, "utm": '"{}|^ <x>`\\[é]'}), 200)
+    out["verify-bad-host"] = (event("GET", verify, host="bad host{}"), 200)
+    out["path-bad-chars"] = (event("GET", path='/webhook/{x}|"^ y'), 404)
+    out["rest-verify-ok"] = (rest_event(verify), 200)
+    out["rest-query-bad-chars"] = (rest_event({**verify, "q": 'a="{}|^ b&c=%zz#frag'}), 200)
+    out["alb-query-bad-chars"] = (alb_event({**verify, "q": 'a="{}|^ b'}), 200)
 
     expected = []
     for name, (e, status) in out.items():

@@ -95,6 +95,19 @@ fn init_logging(json: bool) {
     } else {
         builder.compact().init();
     }
+    std::panic::set_hook(Box::new(log_panic));
+}
+
+/// A panic as one log line naming where it happened, without its message: that can
+/// quote a user's text (a `str` slicing panic prints the string). The Lambda entry and
+/// the queue workers catch panics and answer (500, or the jobs come again); this line
+/// is how one is found.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    tracing::error!(%location, "panic (its message is not logged: it may quote a user's text)");
 }
 
 #[tokio::main]

@@ -1,10 +1,20 @@
 //! Run the [`App`] as a local HTTP server (`serve`) or as a Lambda function.
+//!
+//! In Lambda mode every event gets an answer, never an invocation error: an HTTP event
+//! is read by [`http_event`] (not `lambda_http`, whose conversion panics on some URIs;
+//! why there), and a panic inside the pipeline is caught here (HTTP: 500) or in
+//! [`run_received`] (SQS: every job of the batch comes again). The release profile
+//! unwinds (`panic = "unwind"` in Cargo.toml), so catching works in the shipped binary.
+
+pub mod http_event;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -160,18 +170,6 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
 }
 
-/// Convert an API Gateway / Function URL request into the app's request type.
-pub fn from_lambda(request: lambda_http::Request) -> Request<Bytes> {
-    let (parts, body) = request.into_parts();
-    let bytes = match body {
-        lambda_http::Body::Empty => Bytes::new(),
-        lambda_http::Body::Text(t) => Bytes::from(t),
-        lambda_http::Body::Binary(b) => Bytes::from(b),
-        _ => Bytes::new(),
-    };
-    Request::from_parts(parts, bytes)
-}
-
 /// Run as a Lambda function until the runtime stops the process. One function
 /// serves both event kinds, told apart by their shape: API Gateway / Function URL
 /// requests (the webhook) and SQS batches (the queued-turn worker).
@@ -210,19 +208,37 @@ pub async fn lambda_event(
     let answer = if is_sqs_event(&payload) {
         sqs_event(app, payload, start_by).await
     } else {
-        let response = match serde_json::from_value::<lambda_http::request::LambdaRequest>(payload)
-        {
-            Ok(request) => app.handle(from_lambda(request.into())).await,
-            Err(e) => {
-                tracing::error!(error = %crate::engine::json_problem(&e), "event is neither an HTTP request nor an SQS batch");
-                text(StatusCode::BAD_REQUEST, "unknown event")
-            }
-        };
-        http_response_json(response)
+        http_response_json(http_event(app, payload).await)
     };
     // The runtime freezes the process once the answer is out.
     app.turns().park().await;
     answer
+}
+
+/// An HTTP event's answer; a panic on the way is answered 500 (Meta delivers again).
+async fn http_event(app: &App, payload: serde_json::Value) -> Response<Bytes> {
+    let answer = async move {
+        match http_event::to_request(payload) {
+            Ok(request) => app.handle(request).await,
+            Err(http_event::EventError::Unknown(problem)) => {
+                tracing::error!(error = %problem, "event is neither an HTTP request nor an SQS batch");
+                text(StatusCode::BAD_REQUEST, "unknown event")
+            }
+            Err(e) => {
+                tracing::warn!(problem = %e, "HTTP event refused");
+                text(e.status(), e.answer())
+            }
+        }
+    };
+    match AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            // The panic's own message may quote a user's text: it is not logged here
+            // (the panic hook logs where it happened).
+            tracing::error!("the webhook pipeline panicked; answered 500 so Meta delivers again");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
 }
 
 fn is_sqs_event(payload: &serde_json::Value) -> bool {

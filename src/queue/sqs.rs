@@ -10,6 +10,7 @@
 //! - A job that must come again gets a short visibility timeout
 //!   ([`super::retry_delay`]); the queue's own is longer than a whole turn.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
+use futures_util::FutureExt;
 
 use super::worker::{Delivered, run_batch};
 use super::{Job, QueueError, TurnQueue, retry_delay};
@@ -191,7 +193,8 @@ impl SqsQueue {
     }
 }
 
-/// Run jobs as SQS delivered them; which were settled ([`run_batch`]).
+/// Run jobs as SQS delivered them; which were settled ([`run_batch`]). A batch that
+/// panics settles none: every job of it comes again.
 pub async fn run_received(
     runner: &TurnRunner,
     jobs: &[Received],
@@ -204,7 +207,20 @@ pub async fn run_received(
             receive_count: j.receive_count,
         })
         .collect();
-    run_batch(runner, &delivered, start_by).await
+    match AssertUnwindSafe(run_batch(runner, &delivered, start_by))
+        .catch_unwind()
+        .await
+    {
+        Ok(settled) => settled,
+        Err(_) => {
+            // Not the panic's message: it may quote a user's text.
+            tracing::error!(
+                jobs = jobs.len(),
+                "a batch of queued turns panicked; every job of it comes again"
+            );
+            vec![false; jobs.len()]
+        }
+    }
 }
 
 #[async_trait]

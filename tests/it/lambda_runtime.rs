@@ -1,7 +1,7 @@
 //! The real binary in Lambda mode, under a Runtime API of our own: the process boots
 //! from the environment of `scripts/lambda-local.env` (as `make watch` runs it), polls
 //! `/invocation/next`, answers every event in `events/` with its documented status
-//! through `lambda_runtime` and `lambda_http`, and sends replies to a Graph API stub.
+//! through `lambda_runtime` and `server::lambda_event`, and sends replies to a Graph API stub.
 //! What the in-process test of `lambda_events` cannot show: the runtime loop, the
 //! start-up from environment variables alone, and the binary's own wiring.
 

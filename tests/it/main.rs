@@ -15,6 +15,7 @@ mod crash_recovery;
 mod dynamodb_store;
 mod dynamodb_webhook;
 mod lambda_events;
+mod lambda_proptest;
 mod lambda_runtime;
 mod openparallax_engine;
 mod openparallax_webhook;
