@@ -31,8 +31,8 @@ pub const MAX_ENGINE_TIMEOUT_SECS: u64 = 3600;
 pub const MAX_LEASE_SECS: u64 = 2 * MAX_ENGINE_TIMEOUT_SECS;
 /// Longest idle session (a year).
 pub const MAX_SESSION_IDLE_TTL_HOURS: u64 = 24 * 366;
-/// Longest wait of a message for an earlier one of its sender.
-pub const MAX_ORDER_HOLD_SECS: u64 = 3600;
+/// Longest an unanswered message holds back newer ones: Meta's 7-day redelivery window.
+pub const MAX_ORDER_HOLD_SECS: u64 = 7 * 24 * 3600;
 /// The message and sender leases of a queued turn outlive the engine's budget by this,
 /// so a live worker is never overtaken.
 pub const QUEUED_LEASE_MARGIN_SECS: u64 = 60;
@@ -679,7 +679,7 @@ fn validate_state(
             "state.order_hold_secs",
             secs,
             0..=MAX_ORDER_HOLD_SECS,
-            "use e.g. 60, or 0 to answer a message without waiting for an earlier one",
+            "use e.g. 300 (at most Meta's 7-day redelivery window), or 0 to turn the hold off",
         )?),
         None => crate::state::DEFAULT_ORDER_HOLD,
     };
