@@ -169,7 +169,7 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
         turns = app.dispatch().mode().as_str(),
         "ready: webhook at http://127.0.0.1:{port}/webhook"
     );
-    server::serve_with_turns(app, listener)
+    server::serve_with_turns(app, listener, config.serve)
         .await
         .map_err(|e| e.to_string())
 }

@@ -30,42 +30,154 @@ use aws_lambda_events::sqs::SqsEvent;
 /// the cloud, and a 1000-update batch from Meta is far below it.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-/// Serve until the process gets Ctrl-C or SIGTERM; in-flight requests finish first.
-pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let app = app.clone();
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle_incoming(app, request).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => {
-                tracing::info!("shutting down: finishing requests in flight");
-                break;
-            }
+/// Limits of the local server (`serve.*` in the config): every connection is bounded
+/// in time and number, so slow or idle clients cannot hold the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A request head must arrive within this time; it also closes a keep-alive
+    /// connection that sits idle this long (hyper starts the timer whenever it waits
+    /// for a head).
+    pub header_timeout: std::time::Duration,
+    /// Connections open at once; beyond it new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// After SIGTERM: how long requests in flight may take to finish. Idle and
+    /// half-sent connections are closed at once.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 256,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
-    graceful.shutdown().await;
+}
+
+/// Largest request head: Meta's are a few hundred bytes; hyper's default (about
+/// 400 KB) let 300 half-sent heads hold 115 MB.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serve with the default limits until the process gets Ctrl-C or SIGTERM.
+pub async fn serve(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
+    serve_until(app, listener, ServeLimits::default(), shutdown_signal()).await
+}
+
+/// Serve until `shutdown` resolves; then stop accepting, close idle and half-sent
+/// connections, and give requests in flight `limits.shutdown_grace` to finish.
+pub async fn serve_until(
+    app: Arc<App>,
+    listener: TcpListener,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let max = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors = 0u32;
+    loop {
+        // A free slot first: at the cap, new connections wait in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else {
+            break; // the semaphore is never closed
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                accept_errors = 0;
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors, mostly: back off instead of spinning, and
+                // log the first error of a run only.
+                if accept_errors == 0 {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                }
+                accept_errors = accept_errors.saturating_add(1);
+                let pause = std::time::Duration::from_millis(10u64 << accept_errors.min(7));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = &mut shutdown => break,
+                }
+                continue;
+            }
+        };
+        tokio::spawn(serve_connection(
+            app.clone(),
+            stream,
+            limits,
+            closed.clone(),
+            slot,
+        ));
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = closing.send(true);
+    // Every connection gives its slot back when it ends.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = limits.shutdown_grace.as_secs(),
+            "requests still in flight after the shutdown grace; closing"
+        );
+    }
     Ok(())
+}
+
+/// One connection, until it ends or the server shuts down: then it closes at once if
+/// no request is in flight on it (idle, or a head still arriving), else it finishes
+/// that request (within the caller's grace).
+async fn serve_connection(
+    app: Arc<App>,
+    stream: tokio::net::TcpStream,
+    limits: ServeLimits,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = in_flight.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let app = app.clone();
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let response = handle_incoming(app, request).await;
+            counter.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = closed.wait_for(|closed| *closed) => {}
+    }
+    if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        return; // dropped: closed at once
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// How long a shutting-down `serve` waits for queued turns still running.
@@ -75,7 +187,11 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 /// poller that runs its jobs; at shutdown, in-process turns get [`SHUTDOWN_GRACE`] to
 /// finish (those still waiting then are lost and logged), and the poller finishes
 /// its batch (jobs not settled come back from the queue).
-pub async fn serve_with_turns(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve_with_turns(
+    app: Arc<App>,
+    listener: TcpListener,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let poller = match app.dispatch() {
         Dispatch::Sqs(queue) => {
@@ -91,7 +207,7 @@ pub async fn serve_with_turns(app: Arc<App>, listener: TcpListener) -> std::io::
         }
         _ => None,
     };
-    let served = serve(app.clone(), listener).await;
+    let served = serve_until(app.clone(), listener, limits, shutdown_signal()).await;
     let _ = stop.send(true);
     if let Dispatch::Local(queue) = app.dispatch() {
         let lost = queue.drain(SHUTDOWN_GRACE).await;

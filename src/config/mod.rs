@@ -78,6 +78,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub state: StateConfig,
     pub turns: TurnsConfig,
+    /// Limits of the local server (`serve:`).
+    pub serve: crate::server::ServeLimits,
 }
 
 /// Where a turn runs (`turns.mode`): inside the webhook request, or in a worker.
@@ -167,6 +169,17 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub turns: RawTurns,
+    #[serde(default)]
+    pub serve: RawServe,
+}
+
+/// `serve:`: limits of the local server (not used on Lambda).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServe {
+    pub header_timeout_secs: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +297,9 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "TURNS_MODE" => "turns.mode": parse_text, |c| c.turns.mode;
     "TURNS_QUEUE_URL" => "turns.queue_url": parse_text, |c| c.turns.queue_url;
     "TURNS_ENDPOINT_URL" => "turns.endpoint_url": parse_text, |c| c.turns.endpoint_url;
+    "SERVE_HEADER_TIMEOUT_SECS" => "serve.header_timeout_secs": parse_u64, |c| c.serve.header_timeout_secs;
+    "SERVE_MAX_CONNECTIONS" => "serve.max_connections": parse_u64, |c| c.serve.max_connections;
+    "SERVE_SHUTDOWN_GRACE_SECS" => "serve.shutdown_grace_secs": parse_u64, |c| c.serve.shutdown_grace_secs;
 };
 
 /// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
@@ -511,12 +527,14 @@ impl RawConfig {
         };
         let state = validate_state(self.state, mode, default_lease)?;
         let turns = validate_turns(self.turns, turn_mode, mode, engine_timeout)?;
+        let serve = validate_serve(self.serve)?;
         Ok(Config {
             app,
             whatsapp,
             engine,
             state,
             turns,
+            serve,
         })
     }
 }
@@ -688,6 +706,40 @@ fn validate_state(
         session_idle_ttl: Duration::from_secs(hours * 3600),
         lease: Duration::from_secs(lease_secs),
         order_hold,
+    })
+}
+
+fn validate_serve(s: RawServe) -> Result<crate::server::ServeLimits, ConfigError> {
+    let defaults = crate::server::ServeLimits::default();
+    let secs = |field: &str, value: Option<u64>, default: Duration, range, fix: &str| {
+        value
+            .map(|v| in_range(field, v, range, fix).map(Duration::from_secs))
+            .unwrap_or(Ok(default))
+    };
+    Ok(crate::server::ServeLimits {
+        header_timeout: secs(
+            "serve.header_timeout_secs",
+            s.header_timeout_secs,
+            defaults.header_timeout,
+            1..=30,
+            "use e.g. 10: a request head (and an idle keep-alive) gets this long",
+        )?,
+        max_connections: match s.max_connections {
+            Some(n) => in_range(
+                "serve.max_connections",
+                n,
+                1..=65_536,
+                "use e.g. 256, below the process's file descriptor limit",
+            )? as usize,
+            None => defaults.max_connections,
+        },
+        shutdown_grace: secs(
+            "serve.shutdown_grace_secs",
+            s.shutdown_grace_secs,
+            defaults.shutdown_grace,
+            0..=30,
+            "use e.g. 30: requests in flight get this long after SIGTERM",
+        )?,
     })
 }
 

@@ -284,3 +284,128 @@ async fn a_client_hanging_up_does_not_abandon_the_delivery() {
     );
     task.abort();
 }
+
+// ------------------------------------------------------------------ limits
+
+/// A server with `limits`, stopped when `stop` is sent; returns its address.
+async fn limited_server(
+    limits: whatsapp_webhook::server::ServeLimits,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let app = in_memory_app(serve_options(), Arc::new(DryRunMessenger));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let _ =
+            whatsapp_webhook::server::serve_until(Arc::new(app), listener, limits, shutdown).await;
+    });
+    (addr, stop, task)
+}
+
+fn limits(header_secs: u64, max_connections: usize) -> whatsapp_webhook::server::ServeLimits {
+    whatsapp_webhook::server::ServeLimits {
+        header_timeout: Duration::from_secs(header_secs),
+        max_connections,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Whether the server closed `stream` (read returns 0 or an error) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // e.g. a 408 before the close
+            Err(_) => return false,
+        }
+    }
+}
+
+const VERIFY: &[u8] =
+    b"GET /webhook?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=7 HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn a_slow_or_idle_client_is_cut_off_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _stop, _task) = limited_server(limits(1, 16)).await;
+    // Slow loris: a head that never ends.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /webhook HTTP/1.1\r\nHost: x\r\nX-a: ")
+        .await
+        .expect("write");
+    // Idle: connected, nothing sent.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)).await,
+        "slow loris held"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)).await,
+        "idle held"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _stop, _task) = limited_server(limits(30, 2)).await;
+    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    third.write_all(VERIFY).await.expect("write");
+    let mut buf = [0u8; 256];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served past the cap"
+    );
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served once a slot is free")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(second);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_and_half_sent_connections_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, stop, task) = limited_server(limits(30, 16)).await;
+    let mut half = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Make sure both are accepted before the shutdown.
+    let mut probe = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    probe.write_all(VERIFY).await.expect("write");
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        let _ = probe.read(&mut buf).await;
+    }
+
+    stop.send(()).expect("stop");
+
+    // Well inside the 30 s header timeout and the 5 s grace.
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("the server stopped without waiting for them")
+        .expect("joined");
+    assert!(closed_within(&mut half, Duration::from_secs(1)).await);
+    assert!(closed_within(&mut idle, Duration::from_secs(1)).await);
+}
