@@ -117,6 +117,9 @@ pub struct App {
     pub(crate) dispatch: Dispatch,
     /// Requests waiting while another request of this process answers their sender.
     pub(crate) rapid_fire: SenderQueues<Accepted, Outcome>,
+    /// Longest a sync turn may take (engine timeout plus sending): in Lambda, a sync
+    /// POST stops starting senders' turns with less left ([`crate::webhook::edge::sync_start_by`]).
+    sync_turn_budget: Duration,
 }
 
 impl App {
@@ -143,6 +146,9 @@ impl App {
             )),
             rapid_fire: SenderQueues::default(),
             dispatch: Dispatch::Sync,
+            sync_turn_budget: Duration::from_secs(
+                crate::config::DEFAULT_ENGINE_TIMEOUT_SECS + crate::config::SYNC_SEND_MARGIN_SECS,
+            ),
             options,
         }
     }
@@ -152,6 +158,17 @@ impl App {
     pub fn with_dispatch(mut self, dispatch: impl FnOnce(Arc<TurnRunner>) -> Dispatch) -> Self {
         self.dispatch = dispatch(self.turns.clone());
         self
+    }
+
+    /// The longest a sync turn may take (the engine timeout plus sending; by default
+    /// that of the default engine timeout).
+    pub fn with_sync_turn_budget(mut self, budget: Duration) -> Self {
+        self.sync_turn_budget = budget;
+        self
+    }
+
+    pub fn sync_turn_budget(&self) -> Duration {
+        self.sync_turn_budget
     }
 
     pub fn dispatch(&self) -> &Dispatch {

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, Dispatch};
 use crate::queue::sqs::{Received, run_received};
-use crate::webhook::edge::text;
+use crate::webhook::edge::{sync_start_by, text};
 use aws_lambda_events::sqs::SqsEvent;
 
 /// Largest POST body accepted: Lambda's own request cap (6 MB) is the ceiling in
@@ -302,17 +302,22 @@ pub async fn run_lambda(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-/// The latest instant a queued turn may start and still end before the invocation's
-/// `deadline_ms` (unix milliseconds, from the runtime).
+/// The latest instant a turn may start and still end before the invocation's
+/// `deadline_ms` (unix milliseconds, from the runtime): for an SQS batch of queued
+/// turns, the queue's turn budget before it; for a sync webhook POST, see
+/// [`sync_start_by`]. `None` for the in-process queue (not in Lambda).
 fn start_by(app: &App, deadline_ms: u64) -> Option<tokio::time::Instant> {
-    let Dispatch::Sqs(queue) = app.dispatch() else {
-        return None;
-    };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
-    Some(tokio::time::Instant::now() + left.saturating_sub(queue.turn_budget()))
+    match app.dispatch() {
+        Dispatch::Sqs(queue) => {
+            Some(tokio::time::Instant::now() + left.saturating_sub(queue.turn_budget()))
+        }
+        Dispatch::Sync => Some(sync_start_by(left, app.sync_turn_budget())),
+        Dispatch::Local(_) => None,
+    }
 }
 
 /// One Lambda event: an SQS batch of queued turns, or an HTTP request.
@@ -324,7 +329,7 @@ pub async fn lambda_event(
     let answer = if is_sqs_event(&payload) {
         sqs_event(app, payload, start_by).await
     } else {
-        http_response_json(http_event(app, payload).await)
+        http_response_json(http_event(app, payload, start_by).await)
     };
     // The runtime freezes the process once the answer is out.
     app.turns().park().await;
@@ -332,10 +337,15 @@ pub async fn lambda_event(
 }
 
 /// An HTTP event's answer; a panic on the way is answered 500 (Meta delivers again).
-async fn http_event(app: &App, payload: serde_json::Value) -> Response<Bytes> {
+/// A sync POST starts no sender's turn after `start_by`.
+async fn http_event(
+    app: &App,
+    payload: serde_json::Value,
+    start_by: Option<tokio::time::Instant>,
+) -> Response<Bytes> {
     let answer = async move {
         match http_event::to_request(payload) {
-            Ok(request) => app.handle(request).await,
+            Ok(request) => app.handle_until(request, start_by).await,
             Err(http_event::EventError::Unknown(problem)) => {
                 tracing::error!(error = %problem, "event is neither an HTTP request nor an SQS batch");
                 text(StatusCode::BAD_REQUEST, "unknown event")

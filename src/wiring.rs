@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{App, AppOptions, Dispatch};
-use crate::config::{Config, EngineConfig, QUEUED_LEASE_MARGIN_SECS, StateKind, TurnMode};
+use crate::config::{
+    Config, EngineConfig, QUEUED_LEASE_MARGIN_SECS, SYNC_SEND_MARGIN_SECS, StateKind, TurnMode,
+};
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
 use crate::queue::local::DEFAULT_LIMIT;
@@ -102,7 +104,9 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
     );
     let turns = &config.turns;
     Ok(match turns.mode {
-        TurnMode::Sync => app,
+        TurnMode::Sync => app.with_sync_turn_budget(
+            turns.engine_timeout + Duration::from_secs(SYNC_SEND_MARGIN_SECS),
+        ),
         TurnMode::Queued => {
             let queue = match &turns.queue_url {
                 Some(url) => {

@@ -36,6 +36,9 @@ pub const MAX_ORDER_HOLD_SECS: u64 = 7 * 24 * 3600;
 /// The message and sender leases of a queued turn outlive the engine's budget by this,
 /// so a live worker is never overtaken.
 pub const QUEUED_LEASE_MARGIN_SECS: u64 = 60;
+/// A sync turn's time beyond the engine's: marking read and sending the reply parts
+/// (the template's 29 s function timeout is the 25 s engine timeout plus this).
+pub const SYNC_SEND_MARGIN_SECS: u64 = 4;
 pub const DEFAULT_SESSION_IDLE_TTL_HOURS: u64 = 720;
 /// A little above the function timeout (30 s, API Gateway's cut): a holder that is
 /// still alive is never overtaken, a dead one is overtaken soon after.

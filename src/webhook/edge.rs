@@ -8,9 +8,18 @@
 //! when the queue could not be reached. In both modes a tap on a Tier 3 approval
 //! button goes to the engine at once: the sender's turn that waits for it is ahead of
 //! it in any queue.
+//!
+//! The senders of one POST (Meta batches up to 1000 messages) are answered, or
+//! queued, [`MAX_SENDERS_AT_ONCE`] at a time, each sender's messages in order. In
+//! Lambda a sync POST starts no sender after [`sync_start_by`]: those are answered 500
+//! and come again with Meta's redelivery, which skips the ones already answered.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
 use http::{Method, Request, Response, StatusCode, header};
+use tokio::time::Instant;
 
 use super::payload::Envelope;
 use super::rapid_fire::{Joined, Waiter, Wake};
@@ -21,9 +30,43 @@ use crate::app::{App, Dispatch};
 use crate::queue::{QueueError, TurnQueue};
 use crate::turn::{Accepted, Action, Outcome};
 
+/// Most senders of one POST answered (sync) or queued at once. Each holds a turn: an
+/// engine request and a few Graph API calls, a state-store claim. 16 answers a
+/// 1000-sender batch 16 times faster than one at a time while keeping this delivery's
+/// share of the Graph API's per-number throughput (80 messages/s by default), the
+/// engine's concurrent turns and the HTTP connections modest.
+pub const MAX_SENDERS_AT_ONCE: usize = 16;
+
+/// The latest instant a sync POST starts another sender's turn, given the time `left`
+/// in the Lambda invocation and `turn_budget`, the longest one turn may take (the
+/// engine timeout plus sending; [`App::with_sync_turn_budget`]).
+///
+/// A turn started later could be cut off by the function timeout: its sender is not
+/// started, the POST answers 500, and Meta's redelivery answers it (the senders this
+/// POST answered are settled and skipped then: no duplicates). But the template's
+/// function timeout (29 s) is itself sized for one turn at the full engine timeout
+/// (25 s), so that rule alone would start nothing after the first instant, and a
+/// redelivery, spending that instant on senders already answered, would never get
+/// further. So at least the first half of the time left is always for starting turns:
+/// every delivery answers new senders, and a sender started late is cut off only if
+/// the engine takes nearly its full timeout. Serve mode has no deadline.
+pub fn sync_start_by(left: Duration, turn_budget: Duration) -> Instant {
+    Instant::now() + left - turn_budget.min(left / 2)
+}
+
 impl App {
     /// Answer one HTTP request. Never panics on input; every refusal says why.
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
+        self.handle_until(request, None).await
+    }
+
+    /// [`App::handle`] within a Lambda invocation: in sync mode, no sender's turn
+    /// starts after `start_by` ([`sync_start_by`]; `None`: no limit).
+    pub async fn handle_until(
+        &self,
+        request: Request<Bytes>,
+        start_by: Option<Instant>,
+    ) -> Response<Bytes> {
         let path = request.uri().path();
         if !is_webhook_path(path) {
             return text(
@@ -33,7 +76,7 @@ impl App {
         }
         match *request.method() {
             Method::GET => self.verify(request.uri().query()),
-            Method::POST => self.receive(&request).await,
+            Method::POST => self.receive(&request, start_by).await,
             _ => {
                 let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
                 response
@@ -59,7 +102,11 @@ impl App {
         }
     }
 
-    async fn receive(&self, request: &Request<Bytes>) -> Response<Bytes> {
+    async fn receive(
+        &self,
+        request: &Request<Bytes>,
+        start_by: Option<Instant>,
+    ) -> Response<Bytes> {
         let body = request.body();
         if !self.options.app_secrets.is_empty() {
             let mut headers = request.headers().get_all(SIGNATURE_HEADER).iter();
@@ -118,14 +165,12 @@ impl App {
         for tap in &taps {
             worst = worst.max(self.turns.decide(tap).await);
         }
-        for (state_key, batch) in by_sender {
-            let outcome = match &self.dispatch {
-                Dispatch::Sync => self.serve_sender(&state_key, batch).await,
-                Dispatch::Local(queue) => enqueue(queue.as_ref(), batch).await,
-                Dispatch::Sqs(queue) => enqueue(queue, batch).await,
-            };
-            worst = worst.max(outcome);
-        }
+        let outcome = match &self.dispatch {
+            Dispatch::Sync => self.serve_senders(by_sender, start_by).await,
+            Dispatch::Local(queue) => enqueue_all(queue.as_ref(), by_sender).await,
+            Dispatch::Sqs(queue) => enqueue_all(queue, by_sender).await,
+        };
+        worst = worst.max(outcome);
         match worst {
             Outcome::Settled => text(StatusCode::OK, "ok"),
             Outcome::Busy => text(
@@ -137,6 +182,38 @@ impl App {
                 "temporary failure; retry later",
             ),
         }
+    }
+
+    /// Answer the senders of this request, [`MAX_SENDERS_AT_ONCE`] at a time, each
+    /// sender's messages in order; the worst outcome. A sender not started by
+    /// `start_by` is left untouched (nothing claimed) and counts as failed: Meta
+    /// delivers the POST again.
+    async fn serve_senders(
+        &self,
+        by_sender: Vec<(String, Vec<Accepted>)>,
+        start_by: Option<Instant>,
+    ) -> Outcome {
+        let outcomes: Vec<Option<Outcome>> = stream::iter(by_sender)
+            .map(|(state_key, batch)| async move {
+                if start_by.is_some_and(|start_by| Instant::now() > start_by) {
+                    return None;
+                }
+                Some(self.serve_sender(&state_key, batch).await)
+            })
+            .buffer_unordered(MAX_SENDERS_AT_ONCE)
+            .collect()
+            .await;
+        let not_started = outcomes.iter().filter(|o| o.is_none()).count();
+        if not_started > 0 {
+            tracing::warn!(
+                senders = not_started,
+                "no time left in the invocation to start these senders' turns; answered 500 so Meta delivers them again"
+            );
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Failed))
+            .fold(Outcome::Settled, Outcome::max)
     }
 
     /// Answer one sender's messages of this request. If another request of this
@@ -200,6 +277,19 @@ impl App {
     }
 }
 
+/// Hand each sender's messages to the turn queue, [`MAX_SENDERS_AT_ONCE`] senders at
+/// once (one queue's senders are independent: an SQS FIFO group each); the worst
+/// outcome.
+async fn enqueue_all(queue: &dyn TurnQueue, by_sender: Vec<(String, Vec<Accepted>)>) -> Outcome {
+    stream::iter(by_sender)
+        .map(|(_, batch)| enqueue(queue, batch))
+        .buffer_unordered(MAX_SENDERS_AT_ONCE)
+        .fold(Outcome::Settled, |worst, outcome| async move {
+            worst.max(outcome)
+        })
+        .await
+}
+
 /// Hand one sender's messages to the turn queue.
 async fn enqueue(queue: &dyn TurnQueue, batch: Vec<Accepted>) -> Outcome {
     let refs: Vec<String> = batch.iter().map(|m| m.msg_ref.clone()).collect();
@@ -257,5 +347,20 @@ mod tests {
         for no in ["/webhooks", "/hook", "/webhook/x", ""] {
             assert!(!is_webhook_path(no), "{no}");
         }
+    }
+
+    #[test]
+    fn a_sync_post_keeps_a_turn_budget_but_at_least_half_its_time_for_starting() {
+        let secs = Duration::from_secs;
+        let now = Instant::now();
+        // A function timeout with room for more turns than one: the full budget.
+        let start_by = sync_start_by(secs(300), secs(29));
+        assert!(start_by >= now + secs(271) && start_by <= Instant::now() + secs(271));
+        // The template's 29 s for a 25 s engine (+ 4 s sending): half of it.
+        let start_by = sync_start_by(secs(29), secs(29));
+        assert!(start_by >= now + Duration::from_millis(14_500));
+        assert!(start_by <= Instant::now() + Duration::from_millis(14_500));
+        // No time left: nothing starts.
+        assert!(sync_start_by(Duration::ZERO, secs(29)) <= Instant::now());
     }
 }

@@ -97,7 +97,7 @@ fn exploding_engine() -> Arc<ScriptedEngine> {
 }
 
 /// `events/text.json` carrying `body`, signed with the harness's app secret.
-fn signed_event(body: &Value) -> Value {
+pub(crate) fn signed_event(body: &Value) -> Value {
     let json = std::fs::read_to_string(events_dir().join("text.json")).expect("text.json");
     let mut event: Value = serde_json::from_str(&json).expect("text.json is JSON");
     let body = body.to_string();

@@ -10,6 +10,7 @@ mod moto;
 mod openparallax_fake;
 
 mod approvals;
+mod batch;
 mod config_docs;
 mod crash_recovery;
 mod dynamodb_store;
