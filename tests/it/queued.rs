@@ -32,8 +32,8 @@ async fn queued_with(fake: &Fake, timeout: Duration) -> Harness {
     h
 }
 
-#[tokio::test]
-async fn the_webhook_answers_before_the_engine_and_a_worker_sends_the_reply() {
+/// Queued on in-process queues, with an engine that holds its first turn.
+async fn gated_queued() -> (Arc<GatedEngine>, Harness) {
     let engine = Arc::new(GatedEngine::default());
     let h = Harness::builder()
         .engine(engine.clone())
@@ -41,6 +41,12 @@ async fn the_webhook_answers_before_the_engine_and_a_worker_sends_the_reply() {
         .build()
         .await;
     h.graph_accepts().await;
+    (engine, h)
+}
+
+#[tokio::test]
+async fn the_webhook_answers_before_the_engine_and_a_worker_sends_the_reply() {
+    let (engine, h) = gated_queued().await;
     let body = text_message("15557654321", "wamid.Q1", "hello");
     assert_eq!(status(&h.post_json(&body).await), 200);
     // The turn is held inside the engine: the webhook did not wait for it.
@@ -119,13 +125,7 @@ async fn two_senders_turns_run_at_once() {
     // The first sender's turn is held in the engine; the second sender's is not
     // queued behind it (the OpenParallax engine itself takes one turn at a time, see
     // `approvals::other_senders_wait_their_turn_without_wedging_the_engine`).
-    let engine = Arc::new(GatedEngine::default());
-    let h = Harness::builder()
-        .engine(engine.clone())
-        .queued_local()
-        .build()
-        .await;
-    h.graph_accepts().await;
+    let (engine, h) = gated_queued().await;
     h.post_json(&text_message("15550000001", "wamid.A", "slow"))
         .await;
     engine.first_turn_started().await;

@@ -2,6 +2,7 @@
 //! and their reason codes. Descriptions carry codes and statuses, never request values.
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::CancellationReason;
 
 use crate::state::StateError;
@@ -43,6 +44,34 @@ where
             "{op}: request not sent: {}",
             DisplayErrorContext(e)
         )),
+    }
+}
+
+/// A cancelled transaction's reason codes, by item in request order.
+pub(super) struct Cancelled(Vec<String>);
+
+impl Cancelled {
+    /// Whether item `index`'s condition did not hold.
+    pub(super) fn condition_failed(&self, index: usize) -> bool {
+        self.0.get(index).map(String::as_str) == Some("ConditionalCheckFailed")
+    }
+
+    /// The error for a cancellation the caller does not handle.
+    pub(super) fn error(&self) -> StateError {
+        cancelled_error(&self.0)
+    }
+}
+
+/// A failed TransactWriteItems as its cancellation reasons, or, when it was not
+/// cancelled, as the error to return.
+pub(super) fn cancellation<R: std::fmt::Debug>(
+    e: &SdkError<TransactWriteItemsError, R>,
+) -> Result<Cancelled, StateError> {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => Ok(Cancelled(
+            cancellation_codes(cancelled.cancellation_reasons(), cancelled.message()),
+        )),
+        _ => Err(classify("TransactWriteItems", e)),
     }
 }
 

@@ -13,11 +13,10 @@
 //! key has no live session, 1 (the read); when the new key has a session of its own,
 //! 2 and nothing is written.
 
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 
 use super::DynamoStore;
-use super::errors::{build_error, cancellation_codes, cancelled_error, classify};
+use super::errors::{build_error, cancellation, classify};
 use super::expressions::{SET_SESSION, names, request_token};
 use super::item::{CREATED_AT, Item, MODE, PK, SESSION_ID, TTL, UPDATED_AT, n, s, sender_pk};
 use crate::domain::SessionRecord;
@@ -67,19 +66,13 @@ impl DynamoStore {
                 Ok(_) => return Ok(SessionMove::Moved),
                 Err(e) => e,
             };
-            let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
-                e.as_service_error()
-            else {
-                return Err(classify("TransactWriteItems", &e));
-            };
-            let codes = cancellation_codes(cancelled.cancellation_reasons(), cancelled.message());
-            let failed =
-                |i: usize| codes.get(i).map(String::as_str) == Some("ConditionalCheckFailed");
+            let cancelled = cancellation(&e)?;
+            let failed = |i: usize| cancelled.condition_failed(i);
             if failed(0) {
                 return Ok(SessionMove::Kept);
             }
             if !failed(1) {
-                return Err(cancelled_error(&codes));
+                return Err(cancelled.error());
             }
         }
         Err(StateError::Unavailable(

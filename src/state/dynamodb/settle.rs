@@ -2,11 +2,10 @@
 //! the sender item (session, lease, waiting list), retried without the sender lease
 //! when that lease was taken over meanwhile.
 
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
 use super::DynamoStore;
-use super::errors::{build_error, cancellation_codes, cancelled_error, classify};
+use super::errors::{build_error, cancellation, classify};
 use super::expressions::{
     LEAVE_WAITING_LIST, MARK_MESSAGE_DONE, MESSAGE_HELD, SET_SESSION, names, progress_assignments,
     request_token,
@@ -127,19 +126,13 @@ impl DynamoStore {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
-                e.as_service_error()
-            else {
-                return Err(classify("TransactWriteItems", &e));
-            };
-            let codes = cancellation_codes(cancelled.cancellation_reasons(), cancelled.message());
-            let failed =
-                |i: usize| codes.get(i).map(String::as_str) == Some("ConditionalCheckFailed");
+            let cancelled = cancellation(&e)?;
+            let failed = |i: usize| cancelled.condition_failed(i);
             if (0..sender_index).any(failed) {
                 return Err(StateError::LostLease);
             }
             if !(ours && failed(sender_index)) {
-                return Err(cancelled_error(&codes));
+                return Err(cancelled.error());
             }
         }
         Err(StateError::Unavailable(
