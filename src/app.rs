@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::TurnMode;
-use crate::domain::{AllowList, Clock, Secret};
+use crate::domain::{AllowList, Clock, Rotating, Secret};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
 use crate::queue::{LocalQueue, SqsQueue};
+use crate::secrets::SecretsRefresher;
 
 use crate::split::MAX_PART_UTF16;
 use crate::state::SessionStore;
@@ -28,8 +29,11 @@ use crate::webhook::rapid_fire::SenderQueues;
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub phone_number_id: String,
-    pub verify_token: Secret,
-    pub app_secrets: Vec<Secret>,
+    /// Read at each use: rotated in place when secrets come from Secrets Manager.
+    pub verify_token: Rotating<Secret>,
+    /// Every secret that may have signed a POST (the rotation list); shared with the
+    /// turn runner, which signs approval buttons with it.
+    pub app_secrets: Rotating<Vec<Secret>>,
     pub allowed_numbers: AllowList,
     /// Username users let in by their business-scoped user id.
     pub allowed_user_ids: Vec<String>,
@@ -59,8 +63,8 @@ impl AppOptions {
     pub fn new(phone_number_id: &str, verify_token: Secret, app_secrets: Vec<Secret>) -> Self {
         AppOptions {
             phone_number_id: phone_number_id.to_string(),
-            verify_token,
-            app_secrets,
+            verify_token: Rotating::new(verify_token),
+            app_secrets: Rotating::new(app_secrets),
             allowed_numbers: AllowList::default(),
             allowed_user_ids: Vec::new(),
             reply_threading: false,
@@ -84,7 +88,7 @@ impl AppOptions {
             approval_keys: if self.tier3_from_whatsapp {
                 self.app_secrets.clone()
             } else {
-                Vec::new()
+                Rotating::new(Vec::new())
             },
         }
     }
@@ -120,6 +124,9 @@ pub struct App {
     /// Longest a sync turn may take (engine timeout plus sending): in Lambda, a sync
     /// POST stops starting senders' turns with less left ([`crate::webhook::edge::sync_start_by`]).
     sync_turn_budget: Duration,
+    /// Re-reads the Secrets Manager secret when its TTL has passed; `None`: the
+    /// secrets came from the environment and never change.
+    secrets: Option<SecretsRefresher>,
 }
 
 impl App {
@@ -149,7 +156,23 @@ impl App {
             sync_turn_budget: Duration::from_secs(
                 crate::config::DEFAULT_ENGINE_TIMEOUT_SECS + crate::config::SYNC_SEND_MARGIN_SECS,
             ),
+            secrets: None,
             options,
+        }
+    }
+
+    /// Secrets from Secrets Manager: read again at the start of a delivery or batch
+    /// once `refresher`'s TTL has passed.
+    pub fn with_secrets(mut self, refresher: SecretsRefresher) -> Self {
+        self.secrets = Some(refresher);
+        self
+    }
+
+    /// Read the secrets again if they are due (cheap when they are not). Called where
+    /// a delivery or an SQS batch starts, before any secret is used.
+    pub async fn refresh_secrets(&self) {
+        if let Some(refresher) = &self.secrets {
+            refresher.refresh_if_due().await;
         }
     }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::domain::{Recipient, Secret, mask};
+use crate::domain::{Recipient, Rotating, Secret, mask};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -118,7 +118,7 @@ impl Default for RetryPolicy {
 pub struct GraphClient {
     client: reqwest::Client,
     messages_url: String,
-    token: Secret,
+    token: Rotating<Secret>,
     retry: RetryPolicy,
 }
 
@@ -146,13 +146,13 @@ impl GraphClient {
         base: &str,
         version: &str,
         phone_number_id: &str,
-        token: Secret,
+        token: impl Into<Rotating<Secret>>,
         retry: RetryPolicy,
     ) -> Self {
         GraphClient {
             client,
             messages_url: format!("{base}/{version}/{phone_number_id}/messages"),
-            token,
+            token: token.into(),
             retry,
         }
     }
@@ -161,7 +161,7 @@ impl GraphClient {
         let response = self
             .client
             .post(&self.messages_url)
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.token.current().expose())
             .json(body)
             .send()
             .await

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod format;
 pub mod graph;
 pub mod queue;
+pub mod secrets;
 pub mod server;
 pub mod split;
 pub mod state;

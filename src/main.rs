@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use whatsapp_webhook::config::{self, Config, LOCAL_DEFAULTS_YAML, RunMode, StateKind};
+use whatsapp_webhook::config::{Config, LOCAL_DEFAULTS_YAML, RunMode, StateKind};
 use whatsapp_webhook::state::dynamodb::{create_table, dynamo_client};
 use whatsapp_webhook::{server, wiring};
 
@@ -57,8 +57,9 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// YAML text from `path`, else `WHATSAPP_CONFIG`, else (serve only) the built-in defaults.
-fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
+/// YAML text from `path`, else `WHATSAPP_CONFIG`, else (serve only) the built-in
+/// defaults; the `secrets:` secret is read here when one is named.
+async fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
     let path = path.or_else(|| env("WHATSAPP_CONFIG").filter(|p| !p.is_empty()));
     let yaml = match &path {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
@@ -72,7 +73,9 @@ fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
         }
         None => None,
     };
-    config::load(yaml.as_deref(), mode, &env).map_err(|e| e.to_string())
+    wiring::load_config(yaml.as_deref(), mode, &env)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(json: bool) {
@@ -154,7 +157,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn run_serve(config_path: Option<String>) -> Result<(), String> {
-    let config = load_config(config_path, RunMode::Serve)?;
+    let config = load_config(config_path, RunMode::Serve).await?;
     let app = Arc::new(
         wiring::build_app(&config)
             .await
@@ -176,7 +179,7 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
 
 /// Create the DynamoDB table of `state.table` (idempotent).
 async fn run_create_table(config_path: Option<String>) -> Result<(), String> {
-    let config = load_config(config_path, RunMode::Serve)?;
+    let config = load_config(config_path, RunMode::Serve).await?;
     let StateKind::DynamoDb {
         table,
         endpoint_url,
@@ -194,7 +197,7 @@ async fn run_create_table(config_path: Option<String>) -> Result<(), String> {
 }
 
 async fn run_lambda() -> Result<(), String> {
-    let config = load_config(None, RunMode::Lambda)?;
+    let config = load_config(None, RunMode::Lambda).await?;
     let app = Arc::new(
         wiring::build_app(&config)
             .await

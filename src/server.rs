@@ -327,6 +327,8 @@ pub async fn lambda_event(
     start_by: Option<tokio::time::Instant>,
 ) -> serde_json::Value {
     let answer = if is_sqs_event(&payload) {
+        // A worker's Graph token and engine secret may have rotated too.
+        app.refresh_secrets().await;
         sqs_event(app, payload, start_by).await
     } else {
         http_response_json(http_event(app, payload, start_by).await)

@@ -5,12 +5,17 @@ use std::time::Duration;
 
 use crate::app::{App, AppOptions, Dispatch};
 use crate::config::{
-    Config, EngineConfig, QUEUED_LEASE_MARGIN_SECS, SYNC_SEND_MARGIN_SECS, StateKind, TurnMode,
+    self, Config, ConfigError, EngineConfig, QUEUED_LEASE_MARGIN_SECS, RunMode,
+    SYNC_SEND_MARGIN_SECS, StateKind, TurnMode,
 };
+use crate::domain::Rotating;
 use crate::engine::{EchoEngine, Engine, HttpEngine, OpenParallaxEngine};
 use crate::graph::{DryRunMessenger, GraphClient, Messenger, RetryPolicy};
 use crate::queue::local::DEFAULT_LIMIT;
 use crate::queue::{LocalQueue, SqsQueue};
+use crate::secrets::{
+    SecretBundle, SecretCells, SecretSource, SecretsManagerSource, SecretsRefresher,
+};
 use crate::state::dynamodb::{aws_sdk_config, dynamo_client};
 use crate::state::{DynamoStore, MemoryStore, SessionStore, unix_now};
 
@@ -32,10 +37,57 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
         .map_err(|e| StartError::HttpClient(e.to_string()))
 }
 
+/// Load and check the configuration (YAML text, then the environment), reading the
+/// `secrets:` secret first when one is named: its values take the place of the
+/// environment's. Errors are one line; a secret's values never appear in them.
+pub async fn load_config(
+    yaml: Option<&str>,
+    mode: RunMode,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw = config::raw(yaml, env)?;
+    let bundle = match raw.secrets.validate()? {
+        None => SecretBundle::default(),
+        Some(secrets) => {
+            let started = std::time::Instant::now();
+            let source = secrets_source(&secrets).await;
+            let bundle = source
+                .read()
+                .await
+                .and_then(|text| SecretBundle::parse(&text))
+                .map_err(|e| {
+                    ConfigError::new(
+                        "secrets.secret_id",
+                        e.to_string(),
+                        "create the secret as a JSON object with the keys of README's Secrets section, and let the function read it (secretsmanager:GetSecretValue)",
+                    )
+                })?;
+            tracing::info!(
+                secret = %secrets.secret_id,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "secrets read from Secrets Manager"
+            );
+            bundle
+        }
+    };
+    raw.validate_with(mode, env, bundle)
+}
+
+async fn secrets_source(secrets: &config::SecretsConfig) -> SecretsManagerSource {
+    SecretsManagerSource::connect(&secrets.secret_id, secrets.endpoint_url.as_deref()).await
+}
+
 pub async fn build_app(config: &Config) -> Result<App, StartError> {
     let client = http_client()?;
     let w = &config.whatsapp;
-    let messenger: Arc<dyn Messenger> = match &w.access_token {
+    // The cells the refresher rotates: every user of a secret reads it from one.
+    let access_token = w.access_token.clone().map(Rotating::new);
+    let (engine_token, engine_password) = match &config.engine {
+        EngineConfig::Echo => (None, None),
+        EngineConfig::Http { token, .. } => (token.clone().map(Rotating::new), None),
+        EngineConfig::OpenParallax { password, .. } => (None, password.clone().map(Rotating::new)),
+    };
+    let messenger: Arc<dyn Messenger> = match &access_token {
         Some(token) => Arc::new(GraphClient::new(
             client.clone(),
             &w.graph_api_base,
@@ -51,24 +103,16 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
     };
     let engine: Arc<dyn Engine> = match &config.engine {
         EngineConfig::Echo => Arc::new(EchoEngine),
-        EngineConfig::Http {
-            url,
-            token,
-            timeout,
-        } => Arc::new(HttpEngine::new(
+        EngineConfig::Http { url, timeout, .. } => Arc::new(HttpEngine::new(
             client.clone(),
             url.clone(),
-            token.clone(),
+            engine_token.clone(),
             *timeout,
         )),
-        EngineConfig::OpenParallax {
-            url,
-            password,
-            timeout,
-        } => Arc::new(OpenParallaxEngine::new(
+        EngineConfig::OpenParallax { url, timeout, .. } => Arc::new(OpenParallaxEngine::new(
             client.clone(),
             url.clone(),
-            password.clone(),
+            engine_password.clone(),
             *timeout,
         )),
     };
@@ -90,18 +134,29 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             .with_order_hold(config.state.order_hold),
         ),
     };
-    if config.app.app_secrets.is_empty() {
+    if config.app.app_secrets.current().is_empty() {
         tracing::warn!(
             "SIGNATURE CHECK OFF: no app secret and allow_unsigned: true; anyone can POST to this webhook"
         );
     }
-    let app = App::new(
+    let mut app = App::new(
         config.app.clone(),
         store,
         engine,
         messenger,
         Arc::new(unix_now),
     );
+    if let Some(secrets) = &config.secrets {
+        let cells = SecretCells {
+            verify_token: config.app.verify_token.clone(),
+            app_secrets: config.app.app_secrets.clone(),
+            access_token,
+            engine_token,
+            engine_password,
+        };
+        let source: Arc<dyn SecretSource> = Arc::new(secrets_source(secrets).await);
+        app = app.with_secrets(SecretsRefresher::new(source, secrets.ttl, cells));
+    }
     let turns = &config.turns;
     Ok(match turns.mode {
         TurnMode::Sync => app.with_sync_turn_budget(

@@ -51,7 +51,7 @@ pub fn app(engine: EngineKind) -> App {
     let config = config::load(Some(LOCAL_DEFAULTS_YAML), RunMode::Serve, &env)
         .expect("built-in defaults load");
     assert_eq!(config.app.phone_number_id, PHONE_NUMBER_ID);
-    assert_eq!(config.app.app_secrets, vec![Secret::new(SECRET)]);
+    assert_eq!(*config.app.app_secrets.current(), vec![Secret::new(SECRET)]);
     let mut options = config.app.clone();
     options.sender_wait = Duration::from_secs(1);
     App::new(

@@ -8,9 +8,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod secrets;
+
 use crate::app::AppOptions;
 use crate::domain::{AllowList, Secret};
 use crate::format::Format;
+use crate::secrets::{SecretBundle, app_secret_list};
+use secrets::fix_with_key;
+pub use secrets::{RawSecrets, SecretsConfig};
 
 /// The YAML used when `serve` runs without `--config`: memory state, echo engine,
 /// and no access token, so outgoing messages are logged instead of sent.
@@ -63,7 +68,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn new(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
         ConfigError {
             field: field.to_string(),
             problem: problem.into(),
@@ -83,6 +88,8 @@ pub struct Config {
     pub turns: TurnsConfig,
     /// Limits of the local server (`serve:`).
     pub serve: crate::server::ServeLimits,
+    /// The Secrets Manager secret read at run time (`secrets:`), if any.
+    pub secrets: Option<SecretsConfig>,
 }
 
 /// Where a turn runs (`turns.mode`): inside the webhook request, or in a worker.
@@ -174,6 +181,8 @@ pub struct RawConfig {
     pub turns: RawTurns,
     #[serde(default)]
     pub serve: RawServe,
+    #[serde(default)]
+    pub secrets: RawSecrets,
 }
 
 /// `serve:`: limits of the local server (not used on Lambda).
@@ -303,6 +312,9 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "SERVE_HEADER_TIMEOUT_SECS" => "serve.header_timeout_secs": parse_u64, |c| c.serve.header_timeout_secs;
     "SERVE_MAX_CONNECTIONS" => "serve.max_connections": parse_u64, |c| c.serve.max_connections;
     "SERVE_SHUTDOWN_GRACE_SECS" => "serve.shutdown_grace_secs": parse_u64, |c| c.serve.shutdown_grace_secs;
+    "SECRETS_MANAGER_SECRET_ID" => "secrets.secret_id": parse_text, |c| c.secrets.secret_id;
+    "SECRETS_TTL_SECS" => "secrets.ttl_secs": parse_u64, |c| c.secrets.ttl_secs;
+    "SECRETS_ENDPOINT_URL" => "secrets.endpoint_url": parse_text, |c| c.secrets.endpoint_url;
 };
 
 /// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
@@ -344,6 +356,18 @@ impl RawConfig {
         mode: RunMode,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        self.validate_with(mode, env, SecretBundle::default())
+    }
+
+    /// [`RawConfig::validate`], with the values read from the `secrets:` secret in
+    /// place of the environment's (and the YAML's `verify_token`).
+    pub fn validate_with(
+        self,
+        mode: RunMode,
+        env: &dyn Fn(&str) -> Option<String>,
+        bundle: SecretBundle,
+    ) -> Result<Config, ConfigError> {
+        let secrets = self.secrets.validate()?;
         let w = self.channels.whatsapp;
         if w.enabled == Some(false) {
             return Err(ConfigError::new(
@@ -366,28 +390,40 @@ impl RawConfig {
                 "copy the Phone number ID (not the phone number) from Meta's API Setup page",
             ));
         }
-        let verify_token = non_empty(w.verify_token).ok_or_else(|| {
-            ConfigError::new(
-                "channels.whatsapp.verify_token",
-                "is missing or empty",
-                "set any secret string and enter the same in Meta's webhook settings (or WHATSAPP_VERIFY_TOKEN)",
-            )
-        })?;
+        let verify_token = match bundle.verify_token {
+            Some(token) => token,
+            None => non_empty(w.verify_token).map(Secret::new).ok_or_else(|| {
+                ConfigError::new(
+                    "channels.whatsapp.verify_token",
+                    "is missing or empty",
+                    fix_with_key(
+                        "set any secret string and enter the same in Meta's webhook settings (or WHATSAPP_VERIFY_TOKEN)".into(),
+                        "verify_token",
+                        secrets.as_ref(),
+                    ),
+                )
+            })?,
+        };
 
         let token_env_explicit = non_empty(w.access_token_env);
         let token_env = token_env_explicit
             .clone()
             .unwrap_or_else(|| DEFAULT_ACCESS_TOKEN_ENV.to_string());
-        let access_token = match non_empty(env(&token_env)) {
-            Some(token) => Some(Secret::new(token)),
-            None if token_env_explicit.is_some() || mode == RunMode::Lambda => {
+        let access_token = match (bundle.access_token, non_empty(env(&token_env))) {
+            (Some(token), _) => Some(token),
+            (None, Some(token)) => Some(Secret::new(token)),
+            (None, None) if token_env_explicit.is_some() || mode == RunMode::Lambda => {
                 return Err(ConfigError::new(
                     "channels.whatsapp.access_token_env",
                     format!("names the environment variable {token_env}, which is not set"),
-                    format!("export {token_env}=<permanent access token from Meta>"),
+                    fix_with_key(
+                        format!("export {token_env}=<permanent access token from Meta>"),
+                        "access_token",
+                        secrets.as_ref(),
+                    ),
                 ));
             }
-            None => None,
+            (None, None) => None,
         };
 
         let allow_unsigned = w.allow_unsigned.unwrap_or(false);
@@ -401,21 +437,22 @@ impl RawConfig {
         }
         let secret_env =
             non_empty(w.app_secret_env).unwrap_or_else(|| DEFAULT_APP_SECRET_ENV.to_string());
-        let app_secrets: Vec<Secret> = env(&secret_env)
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(Secret::new)
-            .collect();
+        let app_secrets = match bundle.app_secrets {
+            from_secret if !from_secret.is_empty() => from_secret,
+            _ => app_secret_list(&env(&secret_env).unwrap_or_default()),
+        };
         if app_secrets.is_empty() && !allow_unsigned {
             return Err(ConfigError::new(
                 "channels.whatsapp.app_secret_env",
                 format!(
                     "names the environment variable {secret_env}, which is not set, so X-Hub-Signature-256 cannot be checked"
                 ),
-                format!(
-                    "export {secret_env}=<App secret from Meta's App settings > Basic>, or set allow_unsigned: true for local tests only"
+                fix_with_key(
+                    format!(
+                        "export {secret_env}=<App secret from Meta's App settings > Basic>, or set allow_unsigned: true for local tests only"
+                    ),
+                    "app_secret",
+                    secrets.as_ref(),
                 ),
             ));
         }
@@ -476,7 +513,7 @@ impl RawConfig {
                 "use 0 (combine only lines sent during a turn) or e.g. 1500",
             ));
         }
-        let mut app = AppOptions::new(&phone_number_id, Secret::new(verify_token), app_secrets);
+        let mut app = AppOptions::new(&phone_number_id, verify_token, app_secrets);
         app.allowed_numbers = allowed_numbers;
         app.allowed_user_ids = w
             .allowed_user_ids
@@ -523,7 +560,12 @@ impl RawConfig {
             .engine
             .tier3_from_whatsapp
             .unwrap_or(turn_mode == TurnMode::Queued);
-        let engine = validate_engine(self.engine, default_timeout, env)?;
+        let engine = validate_engine(
+            self.engine,
+            default_timeout,
+            env,
+            [bundle.engine_token, bundle.engine_password],
+        )?;
         let default_lease = match turn_mode {
             TurnMode::Sync => DEFAULT_LEASE_SECS,
             TurnMode::Queued => engine_timeout + QUEUED_LEASE_MARGIN_SECS,
@@ -538,6 +580,7 @@ impl RawConfig {
             state,
             turns,
             serve,
+            secrets,
         })
     }
 }
@@ -594,6 +637,7 @@ fn validate_engine(
     e: RawEngine,
     default_timeout_secs: u64,
     env: &dyn Fn(&str) -> Option<String>,
+    [secret_token, secret_password]: [Option<Secret>; 2],
 ) -> Result<EngineConfig, ConfigError> {
     let timeout_secs = e.timeout_secs.unwrap_or(default_timeout_secs);
     let timeout = Duration::from_secs(timeout_secs);
@@ -609,8 +653,12 @@ fn validate_engine(
                 )
             })?;
             check_url("engine.url", &url, &["http", "https"])?;
-            let token =
-                secret_from_env("engine.token_env", e.token_env, "engine bearer token", env)?;
+            let token = match secret_token {
+                Some(token) => Some(token),
+                None => {
+                    secret_from_env("engine.token_env", e.token_env, "engine bearer token", env)?
+                }
+            };
             Ok(EngineConfig::Http {
                 url,
                 token,
@@ -626,12 +674,15 @@ fn validate_engine(
                 )
             })?;
             check_url("engine.url", &url, &["ws", "wss", "http", "https"])?;
-            let password = secret_from_env(
-                "engine.password_env",
-                e.password_env,
-                "OpenParallax web password",
-                env,
-            )?;
+            let password = match secret_password {
+                Some(password) => Some(password),
+                None => secret_from_env(
+                    "engine.password_env",
+                    e.password_env,
+                    "OpenParallax web password",
+                    env,
+                )?,
+            };
             Ok(EngineConfig::OpenParallax {
                 url,
                 password,
@@ -850,18 +901,27 @@ fn check_url(field: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError
     }
 }
 
-/// Load the configuration: the YAML file (if any), then environment overrides, then validation.
+/// Load the configuration: the YAML file (if any), then environment overrides, then
+/// validation. With a `secrets:` secret, [`crate::wiring::load_config`] reads it first.
 pub fn load(
     yaml: Option<&str>,
     mode: RunMode,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    raw(yaml, env)?.validate(mode, env)
+}
+
+/// The YAML (if any) with the environment's overrides applied, not yet validated.
+pub fn raw(
+    yaml: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RawConfig, ConfigError> {
     let mut raw = match yaml {
         Some(text) => RawConfig::from_yaml(text)?,
         None => RawConfig::default(),
     };
     raw.apply_env(env)?;
-    raw.validate(mode, env)
+    Ok(raw)
 }
 
 #[cfg(test)]

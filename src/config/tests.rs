@@ -45,7 +45,7 @@ fn full_example_loads() {
     .unwrap();
     assert_eq!(cfg.app.phone_number_id, "1234567890123456");
     assert_eq!(cfg.whatsapp.access_token.as_ref().unwrap().expose(), "tok");
-    assert_eq!(cfg.app.app_secrets.len(), 2);
+    assert_eq!(cfg.app.app_secrets.current().len(), 2);
     assert_eq!(cfg.whatsapp.graph_api_base, "http://127.0.0.1:1234");
     assert!(cfg.app.allowed_numbers.allows("16505551234"));
     assert!(matches!(cfg.engine, EngineConfig::Http { ref token, .. } if token.is_some()));

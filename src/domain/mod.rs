@@ -14,7 +14,7 @@ pub use approval::{
     is_approval_button, read_button,
 };
 pub use phone::{AllowList, Recipient, canonical_number, digits, mask};
-pub use secret::Secret;
+pub use secret::{Rotating, Secret};
 pub use session::{Mode, SessionRecord};
 
 /// Unix seconds now; injected so tests can move time.

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Turn, json_problem};
-use crate::domain::{Mode, Secret};
+use crate::domain::{Mode, Rotating, Secret};
 
 pub struct HttpEngine {
     client: reqwest::Client,
     url: String,
-    token: Option<Secret>,
+    token: Option<Rotating<Secret>>,
     timeout: Duration,
 }
 
@@ -39,7 +39,7 @@ impl HttpEngine {
     pub fn new(
         client: reqwest::Client,
         url: String,
-        token: Option<Secret>,
+        token: Option<Rotating<Secret>>,
         timeout: Duration,
     ) -> Self {
         HttpEngine {
@@ -68,7 +68,7 @@ impl Engine for HttpEngine {
             .timeout(self.timeout)
             .json(&body);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
+            request = request.bearer_auth(token.current().expose());
         }
         let response = request.send().await.map_err(|e| self.classify(e))?;
         let status = response.status();

@@ -40,7 +40,8 @@ impl TurnRunner {
         owner: &str,
         msg_ref: &str,
     ) -> Option<&'static str> {
-        match read_button(&self.options.approval_keys, button, owner, self.now()) {
+        let keys = self.options.approval_keys.current();
+        match read_button(&keys, button, owner, self.now()) {
             ButtonVerdict::Valid {
                 action_id,
                 decision,

@@ -220,14 +220,14 @@ impl TurnRunner {
         approval: &ApprovalRequest,
         owner: &str,
     ) -> Option<Vec<ReplyButton>> {
-        let keys = &self.options.approval_keys;
+        let keys = self.options.approval_keys.current();
         if keys.is_empty() {
             return None;
         }
         let expires_at = self.now() + approval.timeout_secs;
         let button = |decision: Decision| {
             Some(ReplyButton {
-                id: button_id(keys, decision, &approval.action_id, owner, expires_at)?,
+                id: button_id(&keys, decision, &approval.action_id, owner, expires_at)?,
                 title: decision.title().to_string(),
             })
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::reply::TurnState;
 use super::{Accepted, Action, Delivery, Outcome};
-use crate::domain::{Clock, Mode, Secret, SessionRecord, mask};
+use crate::domain::{Clock, Mode, Rotating, Secret, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
@@ -28,7 +28,7 @@ pub struct TurnOptions {
     pub max_part_units: usize,
     /// Keys that sign Tier 3 approval buttons (the app secrets); empty: approvals
     /// are announced with a text notice instead of buttons.
-    pub approval_keys: Vec<Secret>,
+    pub approval_keys: Rotating<Vec<Secret>>,
 }
 
 pub struct TurnRunner {

@@ -27,7 +27,7 @@ fn options() -> TurnOptions {
         read_receipts: true,
         sender_wait: Duration::ZERO,
         max_part_units: 4096,
-        approval_keys: Vec::new(),
+        approval_keys: Vec::new().into(),
     }
 }
 

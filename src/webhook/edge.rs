@@ -67,6 +67,7 @@ impl App {
         request: Request<Bytes>,
         start_by: Option<Instant>,
     ) -> Response<Bytes> {
+        self.refresh_secrets().await;
         let path = request.uri().path();
         if !is_webhook_path(path) {
             return text(
@@ -88,7 +89,7 @@ impl App {
     }
 
     fn verify(&self, query: Option<&str>) -> Response<Bytes> {
-        match verify_subscription(query, self.options.verify_token.expose()) {
+        match verify_subscription(query, self.options.verify_token.current().expose()) {
             Verification::Accepted(challenge) => {
                 // Meta verifies rarely, but anyone may call it: no log line per call.
                 tracing::debug!("webhook verification accepted");
@@ -108,7 +109,8 @@ impl App {
         start_by: Option<Instant>,
     ) -> Response<Bytes> {
         let body = request.body();
-        if !self.options.app_secrets.is_empty() {
+        let app_secrets = self.options.app_secrets.current();
+        if !app_secrets.is_empty() {
             let mut headers = request.headers().get_all(SIGNATURE_HEADER).iter();
             let header = headers.next().map(|v| v.as_bytes());
             if headers.next().is_some() {
@@ -116,7 +118,7 @@ impl App {
                 tracing::warn!("POST with more than one X-Hub-Signature-256 refused");
                 return text(StatusCode::BAD_REQUEST, "more than one X-Hub-Signature-256");
             }
-            match check_signature(header, body, &self.options.app_secrets) {
+            match check_signature(header, body, &app_secrets) {
                 SignatureCheck::Valid => {}
                 SignatureCheck::Missing => {
                     tracing::warn!("POST without X-Hub-Signature-256 refused");

@@ -121,7 +121,7 @@ impl HarnessBuilder {
             Arc::new(HttpEngine::new(
                 client,
                 format!("{}{ENGINE_PATH}", server.uri()),
-                Some(Secret::new("engine-token")),
+                Some(Secret::new("engine-token").into()),
                 Duration::from_secs(5),
             ))
         });

@@ -23,5 +23,6 @@ mod openparallax_webhook;
 mod payload_proptest;
 mod privacy;
 mod queued;
+mod secrets;
 mod serve;
 mod webhook;

@@ -294,7 +294,7 @@ impl Fake {
         OpenParallaxEngine::new(
             reqwest::Client::new(),
             self.url.clone(),
-            password.map(Secret::new),
+            password.map(|p| Secret::new(p).into()),
             timeout,
         )
     }

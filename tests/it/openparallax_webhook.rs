@@ -148,9 +148,9 @@ async fn a_lambda_invocation_lets_go_of_the_engine_socket_when_it_ends() {
     let h = Harness::builder()
         .engine(Arc::new(fake.engine(None, Duration::from_secs(5))))
         .options(|o| {
-            o.app_secrets = vec![whatsapp_webhook::domain::Secret::new(
-                "whatsapp-webhook-test-secret",
-            )]
+            o.app_secrets = whatsapp_webhook::domain::Rotating::new(vec![
+                whatsapp_webhook::domain::Secret::new("whatsapp-webhook-test-secret"),
+            ])
         })
         .build()
         .await;

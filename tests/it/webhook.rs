@@ -131,6 +131,7 @@ async fn rotated_app_secrets_both_verify() {
                 whatsapp_webhook::domain::Secret::new("old-secret"),
                 whatsapp_webhook::domain::Secret::new(APP_SECRET),
             ]
+            .into()
         })
         .start()
         .await;

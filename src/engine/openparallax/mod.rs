@@ -50,7 +50,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{APPROVAL_NOTICE, Engine, EngineError, Notice, Notices, Turn, json_problem};
-use crate::domain::{ApprovalRequest, Decision, Mode, Secret};
+use crate::domain::{ApprovalRequest, Decision, Mode, Rotating, Secret};
 use connection::{Connection, lock};
 use endpoints::{COOKIE_NAME, Endpoints, session_cookie};
 
@@ -71,7 +71,7 @@ pub struct OpenParallaxEngine {
     http: reqwest::Client,
     /// The WebSocket and login URLs, or why the configured URL is unusable.
     endpoints: Result<Endpoints, String>,
-    password: Option<Secret>,
+    password: Option<Rotating<Secret>>,
     timeout: Duration,
     /// The shared socket and what the login found. Held while connecting, so
     /// concurrent turns wait for one connection instead of each opening their own.
@@ -212,7 +212,7 @@ impl OpenParallaxEngine {
     pub fn new(
         http: reqwest::Client,
         ws_url: String,
-        password: Option<Secret>,
+        password: Option<Rotating<Secret>>,
         timeout: Duration,
     ) -> Self {
         OpenParallaxEngine {
@@ -324,7 +324,8 @@ impl OpenParallaxEngine {
             Login::NotRouted => return Ok(None),
             Login::Unknown => {}
         }
-        link.login = self.login(endpoints, password).await?;
+        // The password now: a rotated one is used from the next login on.
+        link.login = self.login(endpoints, &password.current()).await?;
         Ok(match &link.login {
             Login::Cookie(cookie) => Some(cookie.clone()),
             _ => None,
