@@ -135,7 +135,11 @@ async fn secrets_come_from_secrets_manager_and_a_rotation_needs_no_restart() {
     client
         .create_secret()
         .name(&secret_id)
-        .secret_string(secret_text("graph-token-one", "app-secret-one", "verify-one"))
+        .secret_string(secret_text(
+            "graph-token-one",
+            "app-secret-one",
+            "verify-one",
+        ))
         .send()
         .await
         .expect("create secret");
@@ -153,7 +157,7 @@ async fn secrets_come_from_secrets_manager_and_a_rotation_needs_no_restart() {
     assert_eq!(post(&server, "app-secret-one", "wamid.A").await, 200);
     assert_eq!(
         post(&server, ENV_APP_SECRET, "wamid.B").await,
-        401,
+        403,
         "the secret's app_secret is used, not the environment's"
     );
     assert_eq!(bearers(&graph).await, vec!["Bearer graph-token-one"]);
@@ -199,7 +203,8 @@ async fn secrets_come_from_secrets_manager_and_a_rotation_needs_no_restart() {
     assert_eq!(post(&server, "app-secret-two", "wamid.E").await, 200);
     eventually("the failed read is logged", async || {
         let log = server.log.lock().expect("log");
-        log.iter().any(|l| l.contains("could not read the secrets again"))
+        log.iter()
+            .any(|l| l.contains("could not read the secrets again"))
     })
     .await;
 
