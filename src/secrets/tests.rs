@@ -145,3 +145,38 @@ async fn a_hanging_read_gives_up_and_keeps_the_values() {
     refresher.refresh_if_due().await;
     assert_eq!(cells.verify_token.current().expose(), "verify-1");
 }
+
+mod parse_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any text is read or refused without a panic, and a refusal never quotes a
+        /// value (only key names, which are checked against a fixed list first).
+        #[test]
+        fn any_secret_text_is_read_or_refused_without_quoting_values(
+            entries in prop::collection::vec(("[a-z_]{1,16}", "[ -~]{0,24}"), 0..6),
+            garbage in "[ -~]{0,40}",
+            as_object in any::<bool>(),
+        ) {
+            let text = if as_object {
+                serde_json::Value::Object(
+                    entries.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+                ).to_string()
+            } else {
+                garbage.clone()
+            };
+            match SecretBundle::parse(&Secret::new(text)) {
+                Ok(bundle) => prop_assert!(bundle.app_secrets.iter().all(|s| !s.expose().is_empty())),
+                Err(e) => {
+                    let line = e.to_string();
+                    for (key, value) in &entries {
+                        let is_key = line.contains(&format!("{key:?}"));
+                        prop_assert!(value.trim().len() < 8 || is_key || !line.contains(value.trim()), "{line}");
+                    }
+                }
+            }
+        }
+    }
+}
