@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use whatsapp_webhook::config::{Config, LOCAL_DEFAULTS_YAML, RunMode, StateKind};
+use whatsapp_webhook::config::{LOCAL_DEFAULTS_YAML, RunMode, StateKind};
 use whatsapp_webhook::state::dynamodb::{create_table, dynamo_client};
 use whatsapp_webhook::{server, wiring};
 
@@ -59,7 +59,7 @@ fn env(name: &str) -> Option<String> {
 
 /// YAML text from `path`, else `WHATSAPP_CONFIG`, else (serve only) the built-in
 /// defaults; the `secrets:` secret is read here when one is named.
-async fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
+async fn load_config(path: Option<String>, mode: RunMode) -> Result<wiring::Loaded, String> {
     let path = path.or_else(|| env("WHATSAPP_CONFIG").filter(|p| !p.is_empty()));
     let yaml = match &path {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
@@ -157,9 +157,9 @@ fn fail(message: &str) -> ExitCode {
 }
 
 async fn run_serve(config_path: Option<String>) -> Result<(), String> {
-    let config = load_config(config_path, RunMode::Serve).await?;
+    let wiring::Loaded { config, secrets } = load_config(config_path, RunMode::Serve).await?;
     let app = Arc::new(
-        wiring::build_app(&config)
+        wiring::build_app_with(&config, secrets)
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -179,7 +179,7 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
 
 /// Create the DynamoDB table of `state.table` (idempotent).
 async fn run_create_table(config_path: Option<String>) -> Result<(), String> {
-    let config = load_config(config_path, RunMode::Serve).await?;
+    let config = load_config(config_path, RunMode::Serve).await?.config;
     let StateKind::DynamoDb {
         table,
         endpoint_url,
@@ -197,9 +197,9 @@ async fn run_create_table(config_path: Option<String>) -> Result<(), String> {
 }
 
 async fn run_lambda() -> Result<(), String> {
-    let config = load_config(None, RunMode::Lambda).await?;
+    let wiring::Loaded { config, secrets } = load_config(None, RunMode::Lambda).await?;
     let app = Arc::new(
-        wiring::build_app(&config)
+        wiring::build_app_with(&config, secrets)
             .await
             .map_err(|e| e.to_string())?,
     );

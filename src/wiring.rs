@@ -37,6 +37,13 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
         .map_err(|e| StartError::HttpClient(e.to_string()))
 }
 
+/// A checked configuration and, when it names a `secrets:` secret, the client that
+/// read it (kept for the re-reads: one client per process).
+pub struct Loaded {
+    pub config: Config,
+    pub secrets: Option<Arc<dyn SecretSource>>,
+}
+
 /// Load and check the configuration (YAML text, then the environment), reading the
 /// `secrets:` secret first when one is named: its values take the place of the
 /// environment's. Errors are one line; a secret's values never appear in them.
@@ -44,13 +51,13 @@ pub async fn load_config(
     yaml: Option<&str>,
     mode: RunMode,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+) -> Result<Loaded, ConfigError> {
     let raw = config::raw(yaml, env)?;
-    let bundle = match raw.secrets.validate()? {
-        None => SecretBundle::default(),
+    let (bundle, source) = match raw.secrets.validate()? {
+        None => (SecretBundle::default(), None),
         Some(secrets) => {
             let started = std::time::Instant::now();
-            let source = secrets_source(&secrets).await;
+            let source: Arc<dyn SecretSource> = Arc::new(secrets_source(&secrets).await);
             let bundle = source
                 .read()
                 .await
@@ -67,10 +74,13 @@ pub async fn load_config(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "secrets read from Secrets Manager"
             );
-            bundle
+            (bundle, Some(source))
         }
     };
-    raw.validate_with(mode, env, bundle)
+    Ok(Loaded {
+        config: raw.validate_with(mode, env, bundle)?,
+        secrets: source,
+    })
 }
 
 async fn secrets_source(secrets: &config::SecretsConfig) -> SecretsManagerSource {
@@ -78,6 +88,15 @@ async fn secrets_source(secrets: &config::SecretsConfig) -> SecretsManagerSource
 }
 
 pub async fn build_app(config: &Config) -> Result<App, StartError> {
+    build_app_with(config, None).await
+}
+
+/// [`build_app`], re-reading the `secrets:` secret with `secrets` (the client
+/// [`load_config`] read it with) rather than a new one.
+pub async fn build_app_with(
+    config: &Config,
+    secrets_client: Option<Arc<dyn SecretSource>>,
+) -> Result<App, StartError> {
     let client = http_client()?;
     let w = &config.whatsapp;
     // The cells the refresher rotates: every user of a secret reads it from one.
@@ -154,7 +173,10 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             engine_token,
             engine_password,
         };
-        let source: Arc<dyn SecretSource> = Arc::new(secrets_source(secrets).await);
+        let source = match secrets_client {
+            Some(source) => source,
+            None => Arc::new(secrets_source(secrets).await),
+        };
         app = app.with_secrets(SecretsRefresher::new(source, secrets.ttl, cells));
     }
     let turns = &config.turns;
