@@ -1,5 +1,6 @@
 # Start-up of `serve` until its "ready" line: secrets from the environment vs one
-# GetSecretValue against moto_server on loopback. Usage: coldstart.py BIN VENV RUNS
+# GetSecretValue against moto_server on loopback (BENCHMARKS.md, "Secrets read at run time").
+# Usage: .venv/bin/python scripts/bench/secrets-startup.py BIN .venv RUNS  (boto3 comes with moto)
 import json, os, socket, subprocess, sys, tempfile, time, statistics
 import boto3
 bin_, venv, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
