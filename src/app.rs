@@ -16,6 +16,7 @@ use crate::domain::{AllowList, Clock, Secret};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
+use crate::metrics::{MeteredMessenger, Metrics};
 use crate::queue::{LocalQueue, SqsQueue};
 
 use crate::split::MAX_PART_UTF16;
@@ -120,6 +121,8 @@ pub struct App {
     /// Longest a sync turn may take (engine timeout plus sending): in Lambda, a sync
     /// POST stops starting senders' turns with less left ([`crate::webhook::edge::sync_start_by`]).
     sync_turn_budget: Duration,
+    /// This app's metrics (shared with the turn runner and the metered messenger).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -130,6 +133,10 @@ impl App {
         messenger: Arc<dyn Messenger>,
         clock: Clock,
     ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        // Every send is counted, whoever sends it (turns, notices, approvals).
+        let messenger: Arc<dyn Messenger> =
+            Arc::new(MeteredMessenger::new(messenger, metrics.clone()));
         App {
             senders: SenderPolicy::new(
                 options.allowed_numbers.clone(),
@@ -143,6 +150,7 @@ impl App {
                 engine,
                 messenger,
                 clock,
+                metrics.clone(),
             )),
             rapid_fire: SenderQueues::default(),
             dispatch: Dispatch::Sync,
@@ -150,6 +158,7 @@ impl App {
                 crate::config::DEFAULT_ENGINE_TIMEOUT_SECS + crate::config::SYNC_SEND_MARGIN_SECS,
             ),
             options,
+            metrics,
         }
     }
 
@@ -173,6 +182,11 @@ impl App {
 
     pub fn dispatch(&self) -> &Dispatch {
         &self.dispatch
+    }
+
+    /// This app's metrics: EMF lines in Lambda, `/metrics` in `serve` when enabled.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The turn runner (the queue workers share it).

@@ -183,6 +183,7 @@ pub struct RawServe {
     pub header_timeout_secs: Option<u64>,
     pub max_connections: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub metrics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +304,7 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "SERVE_HEADER_TIMEOUT_SECS" => "serve.header_timeout_secs": parse_u64, |c| c.serve.header_timeout_secs;
     "SERVE_MAX_CONNECTIONS" => "serve.max_connections": parse_u64, |c| c.serve.max_connections;
     "SERVE_SHUTDOWN_GRACE_SECS" => "serve.shutdown_grace_secs": parse_u64, |c| c.serve.shutdown_grace_secs;
+    "SERVE_METRICS" => "serve.metrics": parse_bool, |c| c.serve.metrics;
 };
 
 /// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
@@ -743,6 +745,7 @@ fn validate_serve(s: RawServe) -> Result<crate::server::ServeLimits, ConfigError
             0..=30,
             "use e.g. 30: requests in flight get this long after SIGTERM",
         )?,
+        metrics: s.metrics.unwrap_or(defaults.metrics),
     })
 }
 

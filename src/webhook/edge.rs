@@ -67,6 +67,12 @@ impl App {
         request: Request<Bytes>,
         start_by: Option<Instant>,
     ) -> Response<Bytes> {
+        let response = self.route(request, start_by).await;
+        self.metrics.webhook(response.status().as_u16());
+        response
+    }
+
+    async fn route(&self, request: Request<Bytes>, start_by: Option<Instant>) -> Response<Bytes> {
         let path = request.uri().path();
         if !is_webhook_path(path) {
             return text(
@@ -151,6 +157,7 @@ impl App {
             else {
                 continue;
             };
+            self.metrics.messages.inc();
             if matches!(accepted.action, Action::Approval(_)) {
                 // The sender's turn waits for this tap: it cannot queue behind it.
                 taps.push(accepted);
