@@ -339,9 +339,7 @@ impl Metrics {
                 if values.is_empty() {
                     continue;
                 }
-                let chunk: Vec<u32> = values
-                    .drain(..values.len().min(EMF_MAX_VALUES))
-                    .collect();
+                let chunk: Vec<u32> = values.drain(..values.len().min(EMF_MAX_VALUES)).collect();
                 root.insert((*name).into(), chunk.into());
                 defs.push(serde_json::json!({"Name": *name, "Unit": "Milliseconds"}));
             }
@@ -369,13 +367,37 @@ impl Metrics {
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &Counter); 7] = [
-            ("messages", "Messages accepted from allowed senders.", &self.messages),
-            ("turns", "Turns run (engine turns, commands, notices).", &self.turns),
-            ("turns_failed", "Turns that failed for now (delivered again).", &self.turns_failed),
+            (
+                "messages",
+                "Messages accepted from allowed senders.",
+                &self.messages,
+            ),
+            (
+                "turns",
+                "Turns run (engine turns, commands, notices).",
+                &self.turns,
+            ),
+            (
+                "turns_failed",
+                "Turns that failed for now (delivered again).",
+                &self.turns_failed,
+            ),
             ("engine_calls", "Engine requests.", &self.engine_calls),
-            ("engine_failures", "Engine requests that failed.", &self.engine_failures),
-            ("graph_calls", "Graph API sends (retries included in one).", &self.graph_calls),
-            ("duplicates_skipped", "Deliveries of messages already answered.", &self.duplicates),
+            (
+                "engine_failures",
+                "Engine requests that failed.",
+                &self.engine_failures,
+            ),
+            (
+                "graph_calls",
+                "Graph API sends (retries included in one).",
+                &self.graph_calls,
+            ),
+            (
+                "duplicates_skipped",
+                "Deliveries of messages already answered.",
+                &self.duplicates,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -403,9 +425,21 @@ impl Metrics {
             );
         }
         for (name, help, latency) in [
-            ("turn", "Time to run a turn, claim to settle.", &self.turn_latency),
-            ("engine", "Time the engine took per request.", &self.engine_latency),
-            ("queue_wait", "Time a queued turn waited for the worker.", &self.queue_wait),
+            (
+                "turn",
+                "Time to run a turn, claim to settle.",
+                &self.turn_latency,
+            ),
+            (
+                "engine",
+                "Time the engine took per request.",
+                &self.engine_latency,
+            ),
+            (
+                "queue_wait",
+                "Time a queued turn waited for the worker.",
+                &self.queue_wait,
+            ),
         ] {
             let metric = format!("whatsapp_{name}_seconds");
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");

@@ -151,7 +151,11 @@ async fn run_sender(shared: Arc<Shared>, key: String) {
             line.into()
         };
         for pending in &batch {
-            shared.runner.metrics().queue_wait.record(pending.since.elapsed());
+            shared
+                .runner
+                .metrics()
+                .queue_wait
+                .record(pending.since.elapsed());
         }
         let messages: Vec<&Accepted> = batch.iter().map(|p| &p.message).collect();
         let last = batch[0].attempts + 1 >= MAX_ATTEMPTS;

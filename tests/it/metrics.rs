@@ -88,7 +88,12 @@ async fn a_lambda_turn_writes_one_emf_line_with_its_counts_and_no_private_data()
     assert_eq!(line["Webhook200"], 1);
     assert_eq!(line["TurnLatency"].as_array().unwrap().len(), 1);
     assert_eq!(line["EngineLatency"].as_array().unwrap().len(), 1);
-    for absent in ["EngineFailures", "GraphErrors", "DuplicatesSkipped", "QueueWait"] {
+    for absent in [
+        "EngineFailures",
+        "GraphErrors",
+        "DuplicatesSkipped",
+        "QueueWait",
+    ] {
         assert!(line.get(absent).is_none(), "{absent} was zero: left out");
     }
 
@@ -106,7 +111,11 @@ async fn a_lambda_turn_writes_one_emf_line_with_its_counts_and_no_private_data()
     let response = lambda_event(&h.app, forged, None).await;
     assert_eq!(response["statusCode"], 403, "{response}");
     assert_eq!(one_line(&lines)["Webhook4xx"], 1);
-    assert_eq!(h.app.metrics().turns.total(), 1, "totals are kept for /metrics");
+    assert_eq!(
+        h.app.metrics().turns.total(),
+        1,
+        "totals are kept for /metrics"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +200,11 @@ fn serve_app() -> App {
     in_memory_app(
         AppOptions {
             read_receipts: false,
-            ..AppOptions::new("123456123456123", Secret::new("tok"), vec![Secret::new("s")])
+            ..AppOptions::new(
+                "123456123456123",
+                Secret::new("tok"),
+                vec![Secret::new("s")],
+            )
         },
         Arc::new(DryRunMessenger),
     )
@@ -248,7 +261,10 @@ async fn serve_answers_metrics_only_when_enabled() {
         .expect("GET");
     assert_eq!(on.status().as_u16(), 200);
     let content_type = on.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     let text = on.text().await.expect("body");
     for line in [
         "whatsapp_messages_total 1",
