@@ -261,7 +261,10 @@ impl App {
         let mut answered_as = Vec::with_capacity(tagged.len());
         for (_, p) in &tagged {
             match unique.iter().position(|u| u.id == p.id) {
-                Some(index) => answered_as.push(index),
+                Some(index) => {
+                    self.metrics.duplicates.inc();
+                    answered_as.push(index);
+                }
                 None => {
                     answered_as.push(unique.len());
                     unique.push(p);

@@ -286,3 +286,24 @@ async fn serve_answers_metrics_only_when_enabled() {
         .expect("GET");
     assert_eq!(verify.status().as_u16(), 400);
 }
+
+#[tokio::test]
+async fn the_in_process_queue_records_each_turns_wait() {
+    let h = Harness::builder().queued_local().start().await;
+    let body = text_message(PHONE, MESSAGE_ID, TEXT);
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    eventually("the reply", async || h.sent_bodies().await.len() == 1).await;
+    eventually("the turn is counted", async || {
+        h.app.metrics().turns.total() == 1
+    })
+    .await;
+    assert_eq!(h.app.metrics().queue_wait.count(), 1);
+    assert_eq!(h.app.metrics().messages.total(), 1);
+    // Meta's redelivery: queued again, and skipped by the worker as a duplicate.
+    assert_eq!(status(&h.post_json(&body).await), 200);
+    eventually("the duplicate is skipped", async || {
+        h.app.metrics().duplicates.total() == 1
+    })
+    .await;
+    assert_eq!(h.app.metrics().turns.total(), 1);
+}
