@@ -16,6 +16,7 @@ use crate::domain::{AllowList, Clock, Rotating, Secret};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
+use crate::metrics::{MeteredMessenger, Metrics};
 use crate::queue::{LocalQueue, SqsQueue};
 use crate::secrets::SecretsRefresher;
 
@@ -127,6 +128,8 @@ pub struct App {
     /// Re-reads the Secrets Manager secret when its TTL has passed; `None`: the
     /// secrets came from the environment and never change.
     secrets: Option<SecretsRefresher>,
+    /// This app's metrics (shared with the turn runner and the metered messenger).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -137,6 +140,10 @@ impl App {
         messenger: Arc<dyn Messenger>,
         clock: Clock,
     ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        // Every send is counted, whoever sends it (turns, notices, approvals).
+        let messenger: Arc<dyn Messenger> =
+            Arc::new(MeteredMessenger::new(messenger, metrics.clone()));
         App {
             senders: SenderPolicy::new(
                 options.allowed_numbers.clone(),
@@ -150,6 +157,7 @@ impl App {
                 engine,
                 messenger,
                 clock,
+                metrics.clone(),
             )),
             rapid_fire: SenderQueues::default(),
             dispatch: Dispatch::Sync,
@@ -158,6 +166,7 @@ impl App {
             ),
             secrets: None,
             options,
+            metrics,
         }
     }
 
@@ -196,6 +205,11 @@ impl App {
 
     pub fn dispatch(&self) -> &Dispatch {
         &self.dispatch
+    }
+
+    /// This app's metrics: EMF lines in Lambda, `/metrics` in `serve` when enabled.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The turn runner (the queue workers share it).

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod engine;
 pub mod format;
 pub mod graph;
+pub mod metrics;
 pub mod queue;
 pub mod secrets;
 pub mod server;

@@ -43,6 +43,9 @@ pub struct ServeLimits {
     /// After SIGTERM: how long requests in flight may take to finish. Idle and
     /// half-sent connections are closed at once.
     pub shutdown_grace: std::time::Duration,
+    /// Answer `GET /metrics` with the app's metrics in the Prometheus text format
+    /// (`serve.metrics`; off by default: the port is often exposed through a tunnel).
+    pub metrics: bool,
 }
 
 impl Default for ServeLimits {
@@ -51,6 +54,7 @@ impl Default for ServeLimits {
             header_timeout: std::time::Duration::from_secs(10),
             max_connections: 256,
             shutdown_grace: SHUTDOWN_GRACE,
+            metrics: false,
         }
     }
 }
@@ -153,7 +157,11 @@ async fn serve_connection(
         let counter = counter.clone();
         async move {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let response = handle_incoming(app, request).await;
+            let response = if limits.metrics && request.uri().path() == METRICS_PATH {
+                metrics_response(&app, request.method())
+            } else {
+                handle_incoming(app, request).await
+            };
             counter.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             Ok::<_, Infallible>(response)
         }
@@ -275,6 +283,26 @@ pub async fn handle_incoming(app: Arc<App>, request: Request<Incoming>) -> Respo
     response.map(Full::new)
 }
 
+/// Where `serve` answers with its metrics when `serve.metrics` is on.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `GET /metrics`: the Prometheus text format.
+fn metrics_response(app: &App, method: &http::Method) -> Response<Full<Bytes>> {
+    if method != http::Method::GET {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+        return response;
+    }
+    let mut response = Response::new(Full::new(Bytes::from(app.metrics().prometheus())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -294,6 +322,8 @@ pub async fn run_lambda(app: Arc<App>) -> Result<(), lambda_runtime::Error> {
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = app.clone();
             async move {
+                app.metrics()
+                    .set_function(&event.context.env_config.function_name);
                 let start_by = start_by(&app, event.context.deadline);
                 Ok::<_, Infallible>(lambda_event(&app, event.payload, start_by).await)
             }
@@ -335,6 +365,8 @@ pub async fn lambda_event(
     };
     // The runtime freezes the process once the answer is out.
     app.turns().park().await;
+    // One EMF line (or a few, past 100 latencies) per invocation, before the freeze.
+    app.metrics().emit_emf();
     answer
 }
 

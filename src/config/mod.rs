@@ -192,6 +192,7 @@ pub struct RawServe {
     pub header_timeout_secs: Option<u64>,
     pub max_connections: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub metrics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +316,7 @@ pub const ENV_OVERRIDES: &[EnvOverride] = overrides! {
     "SECRETS_MANAGER_SECRET_ID" => "secrets.secret_id": parse_text, |c| c.secrets.secret_id;
     "SECRETS_TTL_SECS" => "secrets.ttl_secs": parse_u64, |c| c.secrets.ttl_secs;
     "SECRETS_ENDPOINT_URL" => "secrets.endpoint_url": parse_text, |c| c.secrets.endpoint_url;
+    "SERVE_METRICS" => "serve.metrics": parse_bool, |c| c.serve.metrics;
 };
 
 /// Environment the program reads besides [`ENV_OVERRIDES`] and the secrets that
@@ -794,6 +796,7 @@ fn validate_serve(s: RawServe) -> Result<crate::server::ServeLimits, ConfigError
             0..=30,
             "use e.g. 30: requests in flight get this long after SIGTERM",
         )?,
+        metrics: s.metrics.unwrap_or(defaults.metrics),
     })
 }
 

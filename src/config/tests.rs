@@ -399,3 +399,25 @@ fn unsigned_mode_is_refused_in_lambda_mode() {
         "channels: {whatsapp: {phone_number_id: '1', verify_token: v, allow_unsigned: true}}";
     assert!(load_with(yaml, &[]).unwrap().whatsapp.allow_unsigned);
 }
+
+#[test]
+fn serve_metrics_is_off_unless_set_in_yaml_or_env() {
+    let env = [
+        ("WHATSAPP_ACCESS_TOKEN", "t"),
+        ("WHATSAPP_APP_SECRET", "s"),
+        ("ENGINE_TOKEN", "e"),
+    ];
+    assert!(!load_with(FULL, &env).unwrap().serve.metrics);
+    let yaml = format!("{FULL}serve:\n  metrics: true\n");
+    assert!(load_with(&yaml, &env).unwrap().serve.metrics);
+    let mut on = env.to_vec();
+    on.push(("SERVE_METRICS", "true"));
+    assert!(load_with(FULL, &on).unwrap().serve.metrics);
+    on.pop();
+    on.push(("SERVE_METRICS", "maybe"));
+    let err = load_with(FULL, &on).unwrap_err().to_string();
+    assert!(
+        err.contains("serve.metrics") || err.contains("SERVE_METRICS"),
+        "{err}"
+    );
+}

@@ -47,6 +47,8 @@ struct Pending {
     message: Accepted,
     /// Earlier tries of this message.
     attempts: u32,
+    /// When it was queued (the queue-wait metric).
+    since: tokio::time::Instant,
 }
 
 impl LocalQueue {
@@ -115,9 +117,11 @@ impl TurnQueue for LocalQueue {
             waiting.count += batch.len();
             let busy = waiting.senders.contains_key(&key);
             let line = waiting.senders.entry(key.clone()).or_default();
+            let since = tokio::time::Instant::now();
             line.extend(batch.into_iter().map(|message| Pending {
                 message,
                 attempts: 0,
+                since,
             }));
             !busy
         };
@@ -146,6 +150,13 @@ async fn run_sender(shared: Arc<Shared>, key: String) {
             waiting.senders.insert(key.clone(), VecDeque::new());
             line.into()
         };
+        for pending in &batch {
+            shared
+                .runner
+                .metrics()
+                .queue_wait
+                .record(pending.since.elapsed());
+        }
         let messages: Vec<&Accepted> = batch.iter().map(|p| &p.message).collect();
         let last = batch[0].attempts + 1 >= MAX_ATTEMPTS;
         let outcomes = shared

@@ -46,6 +46,8 @@ pub struct Received {
     pub body: String,
     pub receipt_handle: String,
     pub receive_count: u32,
+    /// When SQS took the job (`SentTimestamp`, unix ms), for the queue-wait metric.
+    pub sent_at_ms: Option<u64>,
 }
 
 /// The receive count SQS reports (`ApproximateReceiveCount`), 1 when absent.
@@ -60,6 +62,10 @@ impl Received {
             body: record.body.clone().unwrap_or_default(),
             receipt_handle: record.receipt_handle.clone().unwrap_or_default(),
             receive_count: receive_count(record.attributes.get("ApproximateReceiveCount")),
+            sent_at_ms: record
+                .attributes
+                .get("SentTimestamp")
+                .and_then(|t| t.parse().ok()),
         }
     }
 }
@@ -170,6 +176,7 @@ impl SqsQueue {
             .max_number_of_messages(SQS_BATCH as i32)
             .wait_time_seconds(POLL_WAIT_SECS)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .map_err(|e| {
@@ -179,14 +186,15 @@ impl SqsQueue {
             .messages()
             .iter()
             .filter_map(|m| {
+                let attribute = |name| m.attributes().and_then(|a| a.get(&name));
                 Some(Received {
                     body: m.body()?.to_string(),
                     receipt_handle: m.receipt_handle()?.to_string(),
-                    receive_count: receive_count(
-                        m.attributes().and_then(|a| {
-                            a.get(&MessageSystemAttributeName::ApproximateReceiveCount)
-                        }),
-                    ),
+                    receive_count: receive_count(attribute(
+                        MessageSystemAttributeName::ApproximateReceiveCount,
+                    )),
+                    sent_at_ms: attribute(MessageSystemAttributeName::SentTimestamp)
+                        .and_then(|t| t.parse().ok()),
                 })
             })
             .collect())
@@ -200,6 +208,14 @@ pub async fn run_received(
     jobs: &[Received],
     start_by: Option<tokio::time::Instant>,
 ) -> Vec<bool> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for sent in jobs.iter().filter_map(|j| j.sent_at_ms) {
+        // Clocks may disagree by a little: a job "from the future" waited zero.
+        let waited = Duration::from_millis(now_ms.saturating_sub(sent));
+        runner.metrics().queue_wait.record(waited);
+    }
     let delivered: Vec<Delivered<'_>> = jobs
         .iter()
         .map(|j| Delivered {

@@ -32,6 +32,22 @@ impl TurnRunner {
         }
     }
 
+    /// Pass a decision on to the engine: an engine request, counted as one.
+    async fn pass_decision(
+        &self,
+        action_id: &str,
+        decision: crate::domain::Decision,
+    ) -> Result<(), crate::engine::EngineError> {
+        let asked = tokio::time::Instant::now();
+        let result = self.engine.decide(action_id, decision).await;
+        self.metrics.engine_calls.inc();
+        self.metrics.engine_latency.record(asked.elapsed());
+        if result.is_err() {
+            self.metrics.engine_failures.inc();
+        }
+        result
+    }
+
     /// What to tell the user about their tap, if anything (a passed-on decision is
     /// answered by the turn it unblocks).
     pub(super) async fn decision_reply(
@@ -45,7 +61,7 @@ impl TurnRunner {
             ButtonVerdict::Valid {
                 action_id,
                 decision,
-            } => match self.engine.decide(&action_id, decision).await {
+            } => match self.pass_decision(&action_id, decision).await {
                 Ok(()) => {
                     tracing::info!(msg = %msg_ref, decision = decision.as_str(), "approval decided in WhatsApp");
                     None

@@ -90,12 +90,18 @@ impl TurnRunner {
         };
         // The claim recorded that this turn began; every later write keeps it.
         turn.progress.started = true;
-        let error = match self
+        let asked = tokio::time::Instant::now();
+        let answer = self
             .ask_engine(&request, to, turn.attempt.sender, turn.msg_ref)
-            .await
-        {
+            .await;
+        self.metrics.engine_calls.inc();
+        self.metrics.engine_latency.record(asked.elapsed());
+        let error = match answer {
             Ok(reply) => return Ok(self.render(&reply)),
-            Err(error) => error,
+            Err(error) => {
+                self.metrics.engine_failures.inc();
+                error
+            }
         };
         let mode = turn.session.mode.as_str();
         if error.may_have_started() {

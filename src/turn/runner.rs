@@ -11,6 +11,7 @@ use crate::domain::{Clock, Mode, Rotating, Secret, SessionRecord, mask};
 use crate::engine::Engine;
 use crate::format::Format;
 use crate::graph::Messenger;
+use crate::metrics::Metrics;
 use crate::state::{Attempt, Begin, Claim, Merged, SessionStore, StateError, waiting_entry};
 
 /// Most messages answered by one combined turn; more wait for the next turn.
@@ -37,6 +38,7 @@ pub struct TurnRunner {
     pub(super) engine: Arc<dyn Engine>,
     pub(super) messenger: Arc<dyn Messenger>,
     clock: Clock,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl TurnRunner {
@@ -46,6 +48,7 @@ impl TurnRunner {
         engine: Arc<dyn Engine>,
         messenger: Arc<dyn Messenger>,
         clock: Clock,
+        metrics: Arc<Metrics>,
     ) -> Self {
         TurnRunner {
             options,
@@ -53,7 +56,13 @@ impl TurnRunner {
             engine,
             messenger,
             clock,
+            metrics,
         }
+    }
+
+    /// The metrics this runner records into (its app's).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The process is about to be frozen (a Lambda invocation ended).
@@ -126,6 +135,7 @@ impl TurnRunner {
                 waiting,
             }) => (session, progress, waiting),
             Ok(Begin::Done) => {
+                self.metrics.duplicates.inc();
                 tracing::info!(from = %mask(sender), msg = %first.msg_ref, "duplicate delivery of an answered message");
                 return vec![Outcome::Settled];
             }
@@ -161,7 +171,10 @@ impl TurnRunner {
                         merged.push(next);
                         taken.push(None);
                     }
-                    Ok(Claim::Done) => taken.push(Some(Outcome::Settled)),
+                    Ok(Claim::Done) => {
+                        self.metrics.duplicates.inc();
+                        taken.push(Some(Outcome::Settled));
+                    }
                     Ok(Claim::Busy) => taken.push(Some(Outcome::Busy)),
                     // A reply of its own is under way (resumed by the next turn, which
                     // claims it again with this token), or the store failed.
@@ -201,9 +214,15 @@ impl TurnRunner {
         };
         // Marking the latest message read marks the earlier ones read too.
         let read_id = merged.last().map_or(first.id.as_str(), |p| &p.id);
+        let started = tokio::time::Instant::now();
         let outcome = self
             .answer(&mut turn, &first.sender, action, read_id, delivery)
             .await;
+        self.metrics.turns.inc();
+        self.metrics.turn_latency.record(started.elapsed());
+        if outcome == Outcome::Failed {
+            self.metrics.turns_failed.inc();
+        }
         taken.into_iter().map(|o| o.unwrap_or(outcome)).collect()
     }
 

@@ -44,6 +44,7 @@ fn setup(engine: Arc<dyn Engine>, options: TurnOptions) -> Setup {
         engine,
         messenger.clone(),
         clock.clock(),
+        Default::default(),
     );
     Setup {
         runner,

@@ -68,6 +68,12 @@ impl App {
         start_by: Option<Instant>,
     ) -> Response<Bytes> {
         self.refresh_secrets().await;
+        let response = self.route(request, start_by).await;
+        self.metrics.webhook(response.status().as_u16());
+        response
+    }
+
+    async fn route(&self, request: Request<Bytes>, start_by: Option<Instant>) -> Response<Bytes> {
         let path = request.uri().path();
         if !is_webhook_path(path) {
             return text(
@@ -153,6 +159,7 @@ impl App {
             else {
                 continue;
             };
+            self.metrics.messages.inc();
             if matches!(accepted.action, Action::Approval(_)) {
                 // The sender's turn waits for this tap: it cannot queue behind it.
                 taps.push(accepted);
@@ -256,7 +263,10 @@ impl App {
         let mut answered_as = Vec::with_capacity(tagged.len());
         for (_, p) in &tagged {
             match unique.iter().position(|u| u.id == p.id) {
-                Some(index) => answered_as.push(index),
+                Some(index) => {
+                    self.metrics.duplicates.inc();
+                    answered_as.push(index);
+                }
                 None => {
                     answered_as.push(unique.len());
                     unique.push(p);

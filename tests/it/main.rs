@@ -18,6 +18,7 @@ mod dynamodb_webhook;
 mod lambda_events;
 mod lambda_proptest;
 mod lambda_runtime;
+mod metrics;
 mod openparallax_engine;
 mod openparallax_webhook;
 mod payload_proptest;

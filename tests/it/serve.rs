@@ -316,6 +316,7 @@ fn limits(header_secs: u64, max_connections: usize) -> whatsapp_webhook::server:
         header_timeout: Duration::from_secs(header_secs),
         max_connections,
         shutdown_grace: Duration::from_secs(5),
+        metrics: false,
     }
 }
 
