@@ -33,10 +33,24 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
 }
 
 pub async fn build_app(config: &Config) -> Result<App, StartError> {
+    build(config, None).await
+}
+
+/// [`build_app`], but replies go to `messenger` whatever the config says about the
+/// Graph API (the `chat` command prints them).
+pub async fn build_app_sending_to(
+    config: &Config,
+    messenger: Arc<dyn Messenger>,
+) -> Result<App, StartError> {
+    build(config, Some(messenger)).await
+}
+
+async fn build(config: &Config, messenger: Option<Arc<dyn Messenger>>) -> Result<App, StartError> {
     let client = http_client()?;
     let w = &config.whatsapp;
-    let messenger: Arc<dyn Messenger> = match &w.access_token {
-        Some(token) => Arc::new(GraphClient::new(
+    let messenger: Arc<dyn Messenger> = match (messenger, &w.access_token) {
+        (Some(messenger), _) => messenger,
+        (None, Some(token)) => Arc::new(GraphClient::new(
             client.clone(),
             &w.graph_api_base,
             &w.graph_api_version,
@@ -44,8 +58,10 @@ pub async fn build_app(config: &Config) -> Result<App, StartError> {
             token.clone(),
             RetryPolicy::default(),
         )),
-        None => {
-            tracing::warn!("no access token configured: replies are logged, not sent (dry run)");
+        (None, None) => {
+            tracing::warn!(
+                "no access token configured: replies are not sent and only their length is logged (dry run); `make chat` shows them"
+            );
             Arc::new(DryRunMessenger)
         }
     };
