@@ -213,11 +213,6 @@ async fn run_serve(config_path: Option<String>) -> Result<(), String> {
         turns = app.dispatch().mode().as_str(),
         "ready: webhook at http://127.0.0.1:{port}/webhook"
     );
-    if config.whatsapp.access_token.is_none() {
-        tracing::info!(
-            "dry run: replies are not sent and their text is not logged; to see them, run `make chat` (whatsapp-webhook chat)"
-        );
-    }
     server::serve_with_turns(app, listener, config.serve)
         .await
         .map_err(|e| e.to_string())
