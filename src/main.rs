@@ -270,8 +270,9 @@ async fn run_chat(config_path: Option<String>) -> Result<(), String> {
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
-            "Chatting as +{} ({engine}). Each line is a signed webhook through the whole\n\
-             pipeline; replies show as WhatsApp would. Try /help, /otr, /new. Ctrl-D quits.",
+            "Chatting with the bot as +{} ({engine}).\n\
+             Each line is a signed webhook through the whole pipeline; replies show as WhatsApp\n\
+             would. Try /help, /otr, /new. Ctrl-D quits.",
             chat::CHAT_NUMBER
         );
     }

@@ -220,3 +220,78 @@ fn logs_to_a_pipe_or_under_no_color_have_no_colour_codes() {
         assert!(!stderr.contains('\u{1b}'), "no ANSI codes: {stderr:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_shows_tier3_buttons_as_choices_and_a_number_taps_one() {
+    use crate::openparallax_fake::{Fake, install_with_approval};
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let fake = Fake::start(install_with_approval(300)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "channels:\n  whatsapp:\n    phone_number_id: '42'\n    verify_token: v\n    \
+             allow_unsigned: true\nengine:\n  kind: openparallax\n  url: {}\n  \
+             tier3_from_whatsapp: true\n",
+            fake.url
+        ),
+    )
+    .expect("write config");
+
+    let transcript = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(["chat", "--config"])
+            .arg(&path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run binary");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_for = |needle: &str| {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return;
+                }
+            }
+            panic!("no line with {needle:?} in {seen:#?}");
+        };
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "install it").expect("write");
+        wait_for("(type 1-2 to tap a button)");
+        writeln!(stdin, "1").expect("write");
+        wait_for("bot: Done: the package is installed.");
+        drop(stdin);
+        let status = child.wait().expect("chat ends");
+        assert!(status.success());
+        seen
+    })
+    .await
+    .expect("the chat");
+
+    assert!(
+        transcript.iter().any(|l| l == "     [1] Approve"),
+        "{transcript:#?}"
+    );
+    assert!(
+        transcript.iter().any(|l| l == "     [2] Deny"),
+        "{transcript:#?}"
+    );
+    assert_eq!(fake.decisions().len(), 1);
+    assert_eq!(fake.decisions()[0].1, "approve");
+}
