@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "ensure-moto: creating the virtualenv $venv (needs python3-venv)" >&2
     "$python" -m venv "$venv"
 fi
-echo "ensure-moto: installing moto[server]==$VERSION into $venv (once; about 90 MB)" >&2
+echo "ensure-moto: installing moto[server]==$VERSION into $venv (once; about 300 MB)" >&2
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -c "$root/scripts/moto-constraints.txt" "moto[server]==$VERSION"
 

@@ -72,10 +72,12 @@ fn load_config(path: Option<String>, mode: RunMode) -> Result<Config, String> {
     config::load(yaml.as_deref(), mode, &env).map_err(|e| e.to_string())
 }
 
-/// Log lines to stderr: JSON in Lambda, compact text otherwise, coloured only on a
-/// terminal and without `NO_COLOR` (<https://no-color.org>). `default_level` applies
-/// when neither `RUST_LOG` nor `LOG_LEVEL` is set.
-fn init_logging(json: bool, default_level: &str) {
+/// Log lines: JSON in Lambda, compact text otherwise, to stdout (`chat`: stderr, its
+/// stdout is the conversation); coloured only when that stream is a terminal and
+/// `NO_COLOR` (<https://no-color.org>) is unset. `default_level` applies when neither
+/// `RUST_LOG` nor `LOG_LEVEL` is set.
+fn init_logging(json: bool, default_level: &str, to_stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
             tracing_subscriber::EnvFilter::try_new(
@@ -83,13 +85,23 @@ fn init_logging(json: bool, default_level: &str) {
             )
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (writer, terminal) = if to_stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
+    };
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(colour && !json)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         builder
             .json()
@@ -122,7 +134,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
-            init_logging(true, "info");
+            init_logging(true, "info", false);
             run_lambda().await
         }
         None => {
@@ -131,16 +143,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Some(Command::Serve(arg)) => {
-            init_logging(false, "info");
+            init_logging(false, "info", false);
             run_serve(arg.config).await
         }
         Some(Command::Chat(arg)) => {
             // The conversation is on stdout; stderr keeps only what went wrong.
-            init_logging(false, "warn");
+            init_logging(false, "warn", true);
             run_chat(arg.config).await
         }
         Some(Command::CreateTable(arg)) => {
-            init_logging(false, "info");
+            init_logging(false, "info", false);
             run_create_table(arg.config).await
         }
     };

@@ -219,6 +219,13 @@ fn logs_to_a_pipe_or_under_no_color_have_no_colour_codes() {
         assert!(!stderr.is_empty(), "debug logging writes something");
         assert!(!stderr.contains('\u{1b}'), "no ANSI codes: {stderr:?}");
     }
+    // Other commands log to stdout: `create-table` on the local defaults logs that it
+    // uses them, then stops (memory state has no table).
+    let out = run(&["create-table"], "", &[("LOG_LEVEL", "info")]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("built-in local defaults"), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "no ANSI codes: {stdout:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
