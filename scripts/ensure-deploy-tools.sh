@@ -8,9 +8,18 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 target=aarch64-unknown-linux-gnu
+# Pinned: upgrade on purpose, with a run of `make validate build`.
+pins=(cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0)
 
+have_pins() {
+    local frozen
+    frozen=$("$venv/bin/python" -m pip freeze 2>/dev/null) || return 1
+    for pin in "${pins[@]}"; do
+        grep -qix "$pin" <<<"$frozen" || return 1
+    done
+}
 have_tools() {
-    [ -x "$venv/bin/cargo-lambda" ] && [ -x "$venv/bin/sam" ] && [ -x "$venv/bin/cfn-lint" ] \
+    have_pins && [ -x "$venv/bin/cargo-lambda" ] && [ -x "$venv/bin/sam" ] && [ -x "$venv/bin/cfn-lint" ] \
         && { [ -x "$venv/bin/python-zig" ] || [ -x "$venv/bin/zig" ] \
              || "$venv/bin/python" -c 'import ziglang' 2>/dev/null; }
 }
@@ -23,10 +32,8 @@ if ! have_tools; then
     if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
-    echo "ensure-deploy-tools: installing cargo-lambda, aws-sam-cli and cfn-lint into $venv" >&2
-    # Pinned: upgrade on purpose, with a run of `make validate build`.
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0
+    echo "ensure-deploy-tools: installing ${pins[*]} into $venv (once)" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pins[@]}"
     for tool in cargo-lambda sam cfn-lint; do
         if [ ! -x "$venv/bin/$tool" ]; then
             echo "ensure-deploy-tools: $tool missing from $venv/bin after install" >&2
@@ -36,6 +43,8 @@ if ! have_tools; then
 fi
 
 if ! have_target; then
-    echo "ensure-deploy-tools: adding the Rust target $target" >&2
+    # rustup's targets belong to the toolchain, not to this project: this adds
+    # $target to the default toolchain in ~/.rustup (about 200 MB), for every project.
+    echo "ensure-deploy-tools: adding the Rust target $target to your rustup toolchain (~/.rustup, global)" >&2
     rustup target add "$target"
 fi

@@ -42,16 +42,26 @@ else
     cargo=(cargo)
 fi
 
+# libFuzzer's progress lines (thousands) go to a log per target; the output keeps the
+# final stats, and the log's tail when a target crashes.
+logs="$root/target/fuzz-logs"
+mkdir -p "$logs"
 cd "$root/fuzz"
 failed=()
 for target in "${targets[@]}"; do
     mkdir -p "corpus-work/$target"
-    echo "fuzz-smoke: $target for ${seconds}s" >&2
+    log="$logs/$target.log"
+    echo "fuzz-smoke: $target for ${seconds}s (build and progress: target/fuzz-logs/$target.log)" >&2
     seeds="corpus/$target"
     [ "$target" = signed_payload ] && seeds="../tests/fixtures"
-    if ! "${cargo[@]}" fuzz run "${build_flags[@]}" "$target" "corpus-work/$target" "$seeds" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; then
+    if "${cargo[@]}" fuzz run "${build_flags[@]}" "$target" "corpus-work/$target" "$seeds" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        >"$log" 2>&1; then
+        grep -E '^(stat::|Done )' "$log" | sed "s/^/  $target: /" >&2 || true
+    else
         failed+=("$target")
+        echo "fuzz-smoke: $target failed; the end of $log:" >&2
+        tail -n 60 "$log" >&2
     fi
 done
 

@@ -8,6 +8,7 @@
 //! function, and [`wiring`] builds it from the [`config`].
 
 pub mod app;
+pub mod chat;
 pub mod commands;
 pub mod config;
 pub mod domain;

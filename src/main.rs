@@ -1,56 +1,51 @@
-//! Entry point: `serve` (local HTTP server), `create-table`, or Lambda mode when
-//! `AWS_LAMBDA_RUNTIME_API` is set. Config errors end the program with one line.
+//! Entry point: `serve` (local HTTP server), `chat` (the bot in a terminal),
+//! `create-table`, or Lambda mode when `AWS_LAMBDA_RUNTIME_API` is set and no command is
+//! given. Arguments are parsed by clap (derive); config errors end the program with one
+//! line.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use whatsapp_webhook::config::{LOCAL_DEFAULTS_YAML, RunMode, StateKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use whatsapp_webhook::chat::{self, Chat, ChatMessenger};
+use whatsapp_webhook::config::{EngineConfig, LOCAL_DEFAULTS_YAML, RunMode, StateKind, TurnMode};
+use whatsapp_webhook::domain::Secret;
 use whatsapp_webhook::state::dynamodb::{create_table, dynamo_client};
 use whatsapp_webhook::{server, wiring};
 
-const USAGE: &str = "usage: whatsapp-webhook serve [--config FILE]\n\
-       whatsapp-webhook create-table [--config FILE]\n\
-       (with AWS_LAMBDA_RUNTIME_API set, runs as a Lambda function; WHATSAPP_CONFIG=FILE names the config)";
+/// The WhatsApp channel of the OpenParallax agent: Meta's webhook, as a local server or
+/// an AWS Lambda function.
+#[derive(Parser)]
+#[command(
+    name = "whatsapp-webhook",
+    version,
+    after_help = "With no command and AWS_LAMBDA_RUNTIME_API set (as Lambda does), runs as a Lambda \
+                  function; WHATSAPP_CONFIG=FILE names its config.\n\
+                  Try it: `whatsapp-webhook chat` (or `make chat`), then type hi."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
+#[derive(Subcommand)]
 enum Command {
-    Serve { config_path: Option<String> },
-    CreateTable { config_path: Option<String> },
-    Lambda,
-    Help,
+    /// Local HTTP server: Meta's webhook at http://127.0.0.1:9443/webhook (what `make run` starts).
+    Serve(ConfigArg),
+    /// Chat with the bot here: each line goes through the whole pipeline as a signed webhook
+    /// from a test number, and the replies are printed as WhatsApp shows them.
+    Chat(ConfigArg),
+    /// Create the DynamoDB table of state.table (idempotent).
+    CreateTable(ConfigArg),
 }
 
-fn parse_args() -> Result<Command, String> {
-    let mut args = std::env::args().skip(1);
-    let Some(first) = args.next() else {
-        return Ok(if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-            Command::Lambda
-        } else {
-            Command::Help
-        });
-    };
-    match first.as_str() {
-        "serve" => Ok(Command::Serve {
-            config_path: config_flag(args)?,
-        }),
-        "create-table" => Ok(Command::CreateTable {
-            config_path: config_flag(args)?,
-        }),
-        "-h" | "--help" | "help" => Ok(Command::Help),
-        other => Err(format!("unknown command {other:?}")),
-    }
-}
-
-fn config_flag(mut args: impl Iterator<Item = String>) -> Result<Option<String>, String> {
-    let mut config_path = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                config_path = Some(args.next().ok_or("--config needs a file name")?);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(config_path)
+#[derive(Args)]
+struct ConfigArg {
+    /// YAML config file (else WHATSAPP_CONFIG, else the built-in local defaults:
+    /// memory state, echo engine).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -66,7 +61,7 @@ async fn load_config(path: Option<String>, mode: RunMode) -> Result<wiring::Load
             format!("config: cannot read {p}: {e}; fix: pass an existing YAML file to --config")
         })?),
         None if mode == RunMode::Serve => {
-            tracing::warn!(
+            tracing::info!(
                 "no --config given: using the built-in local defaults (config/local.yaml)"
             );
             Some(LOCAL_DEFAULTS_YAML.to_string())
@@ -78,17 +73,36 @@ async fn load_config(path: Option<String>, mode: RunMode) -> Result<wiring::Load
         .map_err(|e| e.to_string())
 }
 
-fn init_logging(json: bool) {
+/// Log lines: JSON in Lambda, compact text otherwise, to stdout (`chat`: stderr, its
+/// stdout is the conversation); coloured only when that stream is a terminal and
+/// `NO_COLOR` (<https://no-color.org>) is unset. `default_level` applies when neither
+/// `RUST_LOG` nor `LOG_LEVEL` is set.
+fn init_logging(json: bool, default_level: &str, to_stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
             tracing_subscriber::EnvFilter::try_new(
-                env("LOG_LEVEL").unwrap_or_else(|| "info".into()),
+                env("LOG_LEVEL").unwrap_or_else(|| default_level.into()),
             )
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, terminal) = if to_stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
+    };
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(colour && !json)
+        .with_writer(writer);
     if json {
         builder
             .json()
@@ -115,40 +129,80 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = match parse_args() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("whatsapp-webhook: {e}\n{USAGE}");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            init_logging(true, "info", false);
+            run_lambda().await
+        }
+        None => {
+            // Not in Lambda and nothing asked: the usage, as an error (exit 2).
+            eprint!("{}", Cli::command().render_help());
             return ExitCode::from(2);
         }
+        Some(Command::Serve(arg)) => {
+            init_logging(false, "info", false);
+            run_serve(arg.config).await
+        }
+        Some(Command::Chat(arg)) => {
+            // The conversation is on stdout; stderr keeps only what went wrong.
+            init_logging(false, "warn", true);
+            run_chat(arg.config).await
+        }
+        Some(Command::CreateTable(arg)) => {
+            init_logging(false, "info", false);
+            run_create_table(arg.config).await
+        }
     };
-    match command {
-        Command::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Command::Serve { config_path } => {
-            init_logging(false);
-            match run_serve(config_path).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
-        }
-        Command::CreateTable { config_path } => {
-            init_logging(false);
-            match run_create_table(config_path).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
-        }
-        Command::Lambda => {
-            init_logging(true);
-            match run_lambda().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
-        }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
+}
+
+/// clap's message (help and version exit 0), and for an unknown argument or command
+/// the valid ones of the command it was given to, which clap names only when one is
+/// close.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    if matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand
+    ) {
+        let top = Cli::command();
+        let given = std::env::args()
+            .skip(1)
+            .find_map(|a| top.get_subcommands().find(|c| c.get_name() == a).cloned());
+        let command = given.as_ref().unwrap_or(&top);
+        let mut valid: Vec<String> = command
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        valid.extend(
+            command
+                .get_arguments()
+                .map(|a| match (a.get_short(), a.get_long()) {
+                    (Some(s), Some(l)) => format!("-{s}/--{l}"),
+                    (None, Some(l)) => format!("--{l}"),
+                    (Some(s), None) => format!("-{s}"),
+                    (None, None) => a.get_id().to_string(),
+                }),
+        );
+        // clap adds these when it builds the command, after this listing.
+        valid.push("-h/--help".into());
+        if given.is_none() {
+            valid.push("-V/--version".into());
+        }
+        eprintln!("valid here: {}", valid.join(", "));
+    }
+    ExitCode::from(2)
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -204,4 +258,46 @@ async fn run_lambda() -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
     server::run_lambda(app).await.map_err(|e| e.to_string())
+}
+
+/// `chat`: the app of the config (the local defaults without one) in sync mode,
+/// replying to the terminal; see [`whatsapp_webhook::chat`].
+async fn run_chat(config_path: Option<String>) -> Result<(), String> {
+    let mut config = load_config(config_path, RunMode::Serve).await?.config;
+    // Sync: each line's replies are printed before the next line is read, and the
+    // turns never go to an SQS queue.
+    config.turns.mode = TurnMode::Sync;
+    if config.app.app_secrets.current().is_empty() {
+        config.app.app_secrets = vec![Secret::new(chat::TEST_APP_SECRET)].into();
+    }
+    let app_secret = config.app.app_secrets.current()[0].expose().to_string();
+    let (messenger, buttons_shown) = ChatMessenger::new(Box::new(std::io::stdout()));
+    let app = wiring::build_app_sending_to(&config, messenger.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let engine = match &config.engine {
+        EngineConfig::Echo => "echo engine: it says back what you type",
+        EngineConfig::Http { .. } => "http engine",
+        EngineConfig::OpenParallax { .. } => "openparallax engine",
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "Chatting with the bot as +{} ({engine}).\n\
+             Each line is a signed webhook through the whole pipeline; replies show as WhatsApp\n\
+             would. Try /help, /otr, /new. Ctrl-D quits.",
+            chat::CHAT_NUMBER
+        );
+    }
+    let chat = Chat {
+        app: Arc::new(app),
+        app_secret: Some(app_secret),
+        phone_number_id: config.app.phone_number_id.clone(),
+        messenger,
+        buttons_shown,
+        interactive,
+    };
+    chat.run(chat::read_lines(std::io::BufReader::new(std::io::stdin())))
+        .await;
+    Ok(())
 }

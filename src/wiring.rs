@@ -88,13 +88,30 @@ async fn secrets_source(secrets: &config::SecretsConfig) -> SecretsManagerSource
 }
 
 pub async fn build_app(config: &Config) -> Result<App, StartError> {
-    build_app_with(config, None).await
+    build(config, None, None).await
 }
 
-/// [`build_app`], re-reading the `secrets:` secret with `secrets` (the client
+/// [`build_app`], re-reading the `secrets:` secret with `secrets_client` (the client
 /// [`load_config`] read it with) rather than a new one.
 pub async fn build_app_with(
     config: &Config,
+    secrets_client: Option<Arc<dyn SecretSource>>,
+) -> Result<App, StartError> {
+    build(config, None, secrets_client).await
+}
+
+/// [`build_app`], but replies go to `messenger` whatever the config says about the
+/// Graph API (the `chat` command prints them).
+pub async fn build_app_sending_to(
+    config: &Config,
+    messenger: Arc<dyn Messenger>,
+) -> Result<App, StartError> {
+    build(config, Some(messenger), None).await
+}
+
+async fn build(
+    config: &Config,
+    messenger: Option<Arc<dyn Messenger>>,
     secrets_client: Option<Arc<dyn SecretSource>>,
 ) -> Result<App, StartError> {
     let client = http_client()?;
@@ -106,8 +123,9 @@ pub async fn build_app_with(
         EngineConfig::Http { token, .. } => (token.clone().map(Rotating::new), None),
         EngineConfig::OpenParallax { password, .. } => (None, password.clone().map(Rotating::new)),
     };
-    let messenger: Arc<dyn Messenger> = match &access_token {
-        Some(token) => Arc::new(GraphClient::new(
+    let messenger: Arc<dyn Messenger> = match (messenger, &access_token) {
+        (Some(messenger), _) => messenger,
+        (None, Some(token)) => Arc::new(GraphClient::new(
             client.clone(),
             &w.graph_api_base,
             &w.graph_api_version,
@@ -115,8 +133,10 @@ pub async fn build_app_with(
             token.clone(),
             RetryPolicy::default(),
         )),
-        None => {
-            tracing::warn!("no access token configured: replies are logged, not sent (dry run)");
+        (None, None) => {
+            tracing::warn!(
+                "no access token configured: replies are not sent and only their length is logged (dry run); `make chat` shows them"
+            );
             Arc::new(DryRunMessenger)
         }
     };

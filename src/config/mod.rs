@@ -327,6 +327,7 @@ pub const OTHER_ENV: &[&str] = &[
     "RUST_LOG",
     "AWS_LAMBDA_RUNTIME_API",
     "AWS_ENDPOINT_URL",
+    "NO_COLOR",
 ];
 
 impl RawConfig {

@@ -11,6 +11,7 @@ mod openparallax_fake;
 
 mod approvals;
 mod batch;
+mod cli;
 mod config_docs;
 mod crash_recovery;
 mod dynamodb_store;
