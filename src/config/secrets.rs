@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, check_url, in_range, non_empty};
+use super::ConfigError;
+use super::fields::{check_url, in_range, non_empty};
 use crate::secrets::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 
 #[derive(Debug, Default, Deserialize)]
