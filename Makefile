@@ -32,12 +32,12 @@ chat:
 	@cargo run --quiet -- chat $(if $(CONFIG),--config $(CONFIG))
 
 ## Local server on the built-in defaults (memory state, echo engine) at
-## http://127.0.0.1:$(PORT)/webhook; replies are not sent and only their length is
-## logged (`make chat` shows them). Prints ready-to-paste curls.
+## http://127.0.0.1:9443/webhook (PORT=... for another); replies are not sent and only their
+## length is logged (`make chat` shows them). Prints ready-to-paste curls.
 run:
 	cargo build
 	@python3 scripts/print-curl.py $(PORT)
-	WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) cargo run --quiet -- serve
+	WEBHOOK_PORT=$(PORT) WHATSAPP_APP_SECRET=$(TEST_APP_SECRET) cargo run --quiet -- serve
 
 ## One signed text message to a running server: make send TEXT='hi' (to `make run` on
 ## PORT, or URL=https://<you>.ngrok.app/webhook; WHATSAPP_APP_SECRET for another secret).
