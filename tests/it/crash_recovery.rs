@@ -2,7 +2,6 @@
 //! fresh process completes the reply, and no part is accepted twice. Runs the real
 //! binary with DynamoDB state on moto_server.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,17 +21,7 @@ fn start_server(config: &std::path::Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("ready") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("server ready");
+    let _ = crate::moto::wait_ready(&mut child);
     child
 }
 

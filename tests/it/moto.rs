@@ -153,6 +153,31 @@ pub fn serve_command(bin: &str, config: &std::path::Path, app_secret: &str) -> C
     command
 }
 
+/// The lines a process wrote to its stdout so far (its log in `serve` mode).
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// Wait until `child` (a `serve` with stdout piped) prints its "ready" line; every line
+/// it writes, before and after, is kept in the returned log. The reader ends when the
+/// process does: join it after a kill to have the last lines too.
+pub fn wait_ready(child: &mut Child) -> (Log, std::thread::JoinHandle<()>) {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let log: Log = Arc::default();
+    let lines = log.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if line.contains("ready") {
+                let _ = tx.send(());
+            }
+            lines.lock().expect("log").push(line);
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        panic!("serve not ready: {:?}", log.lock().expect("log"));
+    }
+    (log, reader)
+}
+
 pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config_builder(endpoint).build())
 }

@@ -1,7 +1,6 @@
 //! A full run of the binary in serve mode, at debug log level, with real secrets and
 //! personal data flowing through it: none of them may appear in any log line.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use crate::helpers::fixture;
@@ -67,22 +66,7 @@ async fn logs_hold_no_secret_text_or_full_number() {
         .spawn()
         .expect("start server");
 
-    // Wait for the ready line rather than sleeping.
-    let stdout = child.stdout.take().expect("stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("ready") {
-                let _ = ready_tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    ready_rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("server became ready");
+    let (log, reader) = crate::moto::wait_ready(&mut child);
 
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/webhook");
@@ -152,7 +136,8 @@ async fn logs_hold_no_secret_text_or_full_number() {
 
     let _ = child.kill();
     let _ = child.wait();
-    let mut logs = reader.join().expect("reader").join("\n");
+    reader.join().expect("reader");
+    let mut logs = log.lock().expect("log").join("\n");
     if let Some(mut stderr) = child.stderr.take() {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);

@@ -4,10 +4,7 @@
 //! last values when the secret cannot be read, and never logs a value. The template
 //! puts no secret value into the function's configuration.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::helpers::{eventually, text_message};
 use serde_json::json;
@@ -40,7 +37,7 @@ struct Server {
     child: Child,
     url: String,
     /// Every line the process wrote (its log).
-    log: Arc<Mutex<Vec<String>>>,
+    log: crate::moto::Log,
 }
 
 impl Drop for Server {
@@ -70,20 +67,7 @@ fn start(moto: &str, secret_id: &str, graph: &MockServer) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("start server");
-    let stdout = child.stdout.take().expect("stdout");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("ready") {
-                let _ = tx.send(());
-            }
-            lines.lock().expect("log").push(line);
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("server not ready: {:?}", log.lock().expect("log")));
+    let (log, _) = crate::moto::wait_ready(&mut child);
     Server {
         child,
         url: format!("http://127.0.0.1:{port}/webhook"),
