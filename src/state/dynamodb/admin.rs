@@ -33,7 +33,8 @@ pub fn retry_config() -> RetryConfig {
 }
 
 /// The one DynamoDB client of the process: credentials and region from the standard
-/// chain (Lambda environment, `AWS_PROFILE`, SSO…), `endpoint_url` for local
+/// chain (Lambda environment, `AWS_PROFILE` with keys; SSO and `credential_process`
+/// profiles with the `dev-credentials` feature), `endpoint_url` for local
 /// DynamoDB-compatible servers.
 pub async fn dynamo_client(endpoint_url: Option<&str>) -> Client {
     Client::new(&aws_sdk_config(endpoint_url).await)
