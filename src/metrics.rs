@@ -258,6 +258,15 @@ impl Metrics {
         self.graph_errors[kind as usize].total()
     }
 
+    /// One engine request (a turn, or a Tier 3 decision passed on) that took `took`.
+    pub fn engine_request(&self, took: Duration, failed: bool) {
+        self.engine_calls.inc();
+        self.engine_latency.record(took);
+        if failed {
+            self.engine_failures.inc();
+        }
+    }
+
     pub fn webhook(&self, status: u16) {
         self.webhook[WebhookStatus::of(status) as usize].inc();
     }

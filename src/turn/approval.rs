@@ -40,11 +40,8 @@ impl TurnRunner {
     ) -> Result<(), crate::engine::EngineError> {
         let asked = tokio::time::Instant::now();
         let result = self.engine.decide(action_id, decision).await;
-        self.metrics.engine_calls.inc();
-        self.metrics.engine_latency.record(asked.elapsed());
-        if result.is_err() {
-            self.metrics.engine_failures.inc();
-        }
+        self.metrics
+            .engine_request(asked.elapsed(), result.is_err());
         result
     }
 

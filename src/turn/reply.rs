@@ -94,14 +94,11 @@ impl TurnRunner {
         let answer = self
             .ask_engine(&request, to, turn.attempt.sender, turn.msg_ref)
             .await;
-        self.metrics.engine_calls.inc();
-        self.metrics.engine_latency.record(asked.elapsed());
+        self.metrics
+            .engine_request(asked.elapsed(), answer.is_err());
         let error = match answer {
             Ok(reply) => return Ok(self.render(&reply)),
-            Err(error) => {
-                self.metrics.engine_failures.inc();
-                error
-            }
+            Err(error) => error,
         };
         let mode = turn.session.mode.as_str();
         if error.may_have_started() {
