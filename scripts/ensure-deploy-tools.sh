@@ -8,8 +8,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
 target=aarch64-unknown-linux-gnu
-# Pinned: upgrade on purpose, with a run of `make validate build`.
-pins=(cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0)
+# Pinned in one file (upgrade on purpose, with a run of `make validate build`).
+requirements="$root/scripts/deploy-tools-requirements.txt"
+mapfile -t pins < <(grep -v '^[[:space:]]*\(#\|$\)' "$requirements")
 
 have_pins() {
     local frozen
@@ -33,7 +34,7 @@ if ! have_tools; then
         "$python" -m venv "$venv"
     fi
     echo "ensure-deploy-tools: installing ${pins[*]} into $venv (once)" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pins[@]}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
     for tool in cargo-lambda sam cfn-lint; do
         if [ ! -x "$venv/bin/$tool" ]; then
             echo "ensure-deploy-tools: $tool missing from $venv/bin after install" >&2
